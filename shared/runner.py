@@ -1,0 +1,51 @@
+"""Runs one service as a gRPC server or a Celery worker (`python -m services.<name> grpc|worker`)."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+from shared.config import get_settings
+from shared.logging import setup_logging
+from shared.services import get_spec
+
+log = logging.getLogger(__name__)
+
+
+def _setup(service: str) -> None:
+    settings = get_settings()
+    setup_logging(service, settings.log_level, settings.log_json)
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+
+
+def run(service: str, role: str, port: int | None = None, concurrency: int = 1) -> int:
+    spec = get_spec(service)
+    _setup(service)
+    if role == "grpc":
+        from shared.grpc_server import Server
+
+        module, _, factory = spec.api.partition(":")
+        api = getattr(importlib.import_module(module), factory)()
+        server = Server(api, spec.port if port is None else port).start()
+        # machine-readable line so supervisors and tests can find an ephemeral port
+        print(f"GENSTACK_LISTENING {service} {server.port}", flush=True)
+        server.serve_forever()
+        return 0
+    if role == "worker":
+        tasks = importlib.import_module(f"services.{service}.tasks")
+        argv = ["worker", "-Q", spec.queue, "-n", f"{service}@%h", "--concurrency", str(concurrency), "-P", "solo"
+                if concurrency == 1 else "prefork", "--loglevel", get_settings().log_level, "--without-gossip",
+                "--without-mingle"]
+        tasks.app.worker_main(argv)
+        return 0
+    raise ValueError(f"role must be grpc or worker (got {role!r})")
+
+
+def main(service: str) -> None:
+    role = sys.argv[1] if len(sys.argv) > 1 else "grpc"
+    port = int(sys.argv[2]) if len(sys.argv) > 2 else None
+    sys.exit(run(service, role, port=port))
