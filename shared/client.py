@@ -6,6 +6,7 @@ transport work once. Every call carries a deadline (the settings' default when n
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import json
 import threading
@@ -35,6 +36,13 @@ def inproc_api(service: str) -> ServiceApi:
             api.warm_up()
             _inproc_apis[service] = api
         return api
+
+
+@atexit.register
+def _close_inproc_apis() -> None:
+    for api in list(_inproc_apis.values()):
+        api.close()
+    _inproc_apis.clear()
 
 
 def api_class(service: str) -> type[ServiceApi]:

@@ -94,6 +94,11 @@ def gguf_to_safetensors(gguf_path: Path, sha256: str, cache_dir: Path) -> Path:
             kw = {"gguf_file": gguf_path.name}
             model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), dtype=torch.float32, **kw)
             tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), **kw)
+            # GGUF weights arrive fully dequantized; the quantizer left on the model is only a
+            # marker that would make save_pretrained refuse, so drop it before saving.
+            model.hf_quantizer = None
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
             os.replace(tmp, out)

@@ -37,6 +37,11 @@ def run(service: str, role: str, port: int | None = None, concurrency: int = 1) 
         return 0
     if role == "worker":
         tasks = importlib.import_module(f"services.{service}.tasks")
+        if concurrency == 1:
+            # solo pool: load models before consuming, so the first task is not slowed by it
+            from shared.client import inproc_api
+
+            inproc_api(service)
         argv = ["worker", "-Q", spec.queue, "-n", f"{service}@%h", "--concurrency", str(concurrency), "-P", "solo"
                 if concurrency == 1 else "prefork", "--loglevel", get_settings().log_level, "--without-gossip",
                 "--without-mingle"]

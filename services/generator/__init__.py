@@ -1,0 +1,1 @@
+"""Generator service: autoregressive text generation with transformers causal LMs."""

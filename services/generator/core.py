@@ -1,0 +1,221 @@
+"""Generator core: validates requests, owns one engine per loaded model, renders prompts."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from shared.config import Settings, get_settings
+from shared.errors import InvalidArgument, Unavailable, require
+from services.generator import registry
+from services.generator.engine import Delta, Engine, EngineRequest, Finished, LoadedModel, SamplingConfig
+from services.generator.settings import GeneratorSettings
+
+log = logging.getLogger(__name__)
+
+MAX_STOP_SEQUENCES = 16
+MAX_TOP_LOGPROBS = 20
+CHAT_ROLES = ("system", "user", "assistant")
+
+
+@dataclass
+class GenerationRequest:
+    """A generation request in plain Python; None means "use the default"."""
+
+    model: str = ""
+    prompt: str = ""
+    messages: list[tuple[str, str]] = field(default_factory=list)
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    repetition_penalty: float | None = None
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    logprobs: bool = False
+    top_logprobs: int = 0
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    finished: Finished
+    tokens: list
+    model: str
+    seed: int
+
+
+@dataclass
+class ModelStatus:
+    name: str
+    source: str
+    loaded: bool
+    context_length: int
+    is_default: bool
+
+
+class GeneratorCore:
+    def __init__(self, settings: GeneratorSettings | None = None, base: Settings | None = None):
+        self.settings = settings or GeneratorSettings()
+        self.base = base or get_settings()
+        self._engines: OrderedDict[str, Engine] = OrderedDict()
+        self._lock = threading.Lock()
+        self._loading: dict[str, threading.Lock] = {}
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def warm_up(self) -> None:
+        for name in self.settings.preload or [self.settings.default_model]:
+            self.engine(name)
+
+    def close(self) -> None:
+        with self._lock:
+            for engine in self._engines.values():
+                engine.close()
+            self._engines.clear()
+
+    # -- models -------------------------------------------------------------------------------
+
+    def engine(self, requested: str) -> Engine:
+        name = requested or self.settings.default_model
+        with self._lock:
+            if name in self._engines:
+                self._engines.move_to_end(name)
+                return self._engines[name]
+            load_lock = self._loading.setdefault(name, threading.Lock())
+        with load_lock:  # one load per model; other models keep serving meanwhile
+            with self._lock:
+                if name in self._engines:
+                    return self._engines[name]
+            engine = Engine(self._load(name), self.settings.max_queue)
+            with self._lock:
+                self._engines[name] = engine
+                while len(self._engines) > self.settings.max_loaded_models:
+                    _, old = self._engines.popitem(last=False)
+                    old.close()
+            return engine
+
+    def _load(self, name: str) -> LoadedModel:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        canonical, source = registry.resolve(name, self.base.model_cache_dir, self.settings.allow_any_model)
+        dtype = getattr(torch, self.settings.dtype, None)
+        require(isinstance(dtype, torch.dtype), "GENSTACK_GENERATOR_DTYPE", "bfloat16, float16 or float32")
+        log.info("loading model", extra={"fields": {"model": canonical, "source": str(source)}})
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype, local_files_only=True)
+        except OSError as exc:
+            raise InvalidArgument(
+                f"model {name!r} is not available offline (not in the registry, the local Hugging Face cache or a "
+                f"folder): {exc.__class__.__name__}",
+                field="model",
+            ) from None
+        device = torch.device(self.settings.device)
+        model.to(device).eval()
+        context = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
+        if self.settings.max_context_tokens:
+            context = min(context, self.settings.max_context_tokens)
+        return LoadedModel(canonical, model, tokenizer, context, self._eos_ids(model, tokenizer), device)
+
+    @staticmethod
+    def _eos_ids(model, tokenizer) -> frozenset[int]:
+        ids: set[int] = set()
+        for value in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
+            if isinstance(value, int):
+                ids.add(value)
+            elif isinstance(value, list | tuple):
+                ids.update(v for v in value if isinstance(v, int))
+        vocab = tokenizer.get_vocab()
+        for special in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>"):
+            if special in vocab:
+                ids.add(vocab[special])
+        return frozenset(ids)
+
+    def list_models(self) -> list[ModelStatus]:
+        with self._lock:
+            loaded = {n: e.loaded for n, e in self._engines.items()}
+        out = [
+            ModelStatus(n, m.description, n in loaded, loaded[n].context_length if n in loaded else 0,
+                        n == self.settings.default_model)
+            for n, m in registry.REGISTRY.items()
+        ]
+        out += [ModelStatus(n, n, True, lm.context_length, False) for n, lm in loaded.items()
+                if n not in registry.REGISTRY]
+        return out
+
+    # -- generation ---------------------------------------------------------------------------
+
+    def check(self, req: GenerationRequest) -> SamplingConfig:
+        """Validate everything that needs no model, and fill in defaults."""
+        s = self.settings
+        has_prompt, has_messages = bool(req.prompt), bool(req.messages)
+        if not has_prompt and not has_messages:
+            raise InvalidArgument("one of prompt or messages is required (both are empty)", field="prompt")
+        if has_prompt and has_messages:
+            raise InvalidArgument("give either prompt or messages, not both", field="prompt")
+        for i, (role, _content) in enumerate(req.messages):
+            require(role in CHAT_ROLES, f"messages[{i}].role", f"one of {', '.join(CHAT_ROLES)}", role)
+        max_new = s.default_max_new_tokens if req.max_new_tokens is None else req.max_new_tokens
+        require(1 <= max_new <= s.max_new_tokens_cap, "sampling.max_new_tokens",
+                f"between 1 and {s.max_new_tokens_cap}", max_new)
+        temperature = s.default_temperature if req.temperature is None else req.temperature
+        require(temperature >= 0, "sampling.temperature", ">= 0 (0 = greedy)", temperature)
+        top_p = 1.0 if req.top_p is None else req.top_p
+        require(0 < top_p <= 1, "sampling.top_p", "in (0, 1]", top_p)
+        top_k = 0 if req.top_k is None else req.top_k
+        require(top_k >= 0, "sampling.top_k", ">= 0 (0 = off)", top_k)
+        penalty = 1.0 if req.repetition_penalty is None else req.repetition_penalty
+        require(penalty > 0, "sampling.repetition_penalty", "> 0 (1 = off)", penalty)
+        require(len(req.stop) <= MAX_STOP_SEQUENCES, "sampling.stop",
+                f"at most {MAX_STOP_SEQUENCES} sequences", len(req.stop))
+        require(all(req.stop), "sampling.stop", "non-empty strings")
+        require(0 <= req.top_logprobs <= MAX_TOP_LOGPROBS, "output.top_logprobs",
+                f"between 0 and {MAX_TOP_LOGPROBS}", req.top_logprobs)
+        seed = random.randrange(2**31) if req.seed is None else req.seed
+        require(0 <= seed < 2**63, "sampling.seed", "between 0 and 2^63-1", seed)
+        return SamplingConfig(max_new, temperature, top_p, top_k, penalty, list(req.stop), seed,
+                              req.logprobs or req.top_logprobs > 0, req.top_logprobs)
+
+    def _prompt_ids(self, lm: LoadedModel, req: GenerationRequest) -> list[int]:
+        tok = lm.tokenizer
+        if req.messages:
+            if not getattr(tok, "chat_template", None):
+                raise InvalidArgument(f"model {lm.name!r} has no chat template; send a raw prompt", field="messages")
+            text = tok.apply_chat_template(
+                [{"role": r, "content": c} for r, c in req.messages], add_generation_prompt=True, tokenize=False
+            )
+        else:
+            text = req.prompt
+        ids = tok(text, add_special_tokens=not req.messages)["input_ids"]
+        field_name = "messages" if req.messages else "prompt"
+        require(len(ids) < lm.context_length, field_name,
+                f"shorter than the model's context of {lm.context_length} tokens", f"{len(ids)} tokens")
+        return ids
+
+    def start(self, req: GenerationRequest, cancelled: Callable[[], bool]) -> tuple[EngineRequest, str, int]:
+        sampling = self.check(req)
+        engine = self.engine(req.model)
+        ids = self._prompt_ids(engine.loaded, req)
+        er = engine.submit(EngineRequest(ids, sampling, cancelled))
+        return er, engine.loaded.name, sampling.seed
+
+    def stream(self, req: GenerationRequest, cancelled: Callable[[], bool]) -> Iterator[Delta | Finished]:
+        er, _, _ = self.start(req, cancelled)
+        yield from er.events()
+
+    def generate(self, req: GenerationRequest, cancelled: Callable[[], bool] = lambda: False) -> GenerationResult:
+        er, model, seed = self.start(req, cancelled)
+        parts, tokens = [], []
+        for event in er.events():
+            tokens.extend(event.tokens)
+            if isinstance(event, Delta):
+                parts.append(event.text)
+            else:
+                return GenerationResult("".join(parts), event, tokens, model, seed)
+        raise Unavailable("the engine stopped before finishing")  # pragma: no cover - engine always finishes

@@ -1,0 +1,110 @@
+"""Generator API: protobuf <-> core. Used by the gRPC servicer, the Celery tasks and inproc."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import shared  # noqa: F401 - puts the generated stubs on sys.path
+from genstack.generator.v1 import generator_pb2 as pb
+from genstack.generator.v1 import generator_pb2_grpc as pb_grpc
+from shared.rpc import CallContext, ServiceApi
+from services.generator.core import GenerationRequest, GeneratorCore
+from services.generator.engine import FINISH_CANCELLED, FINISH_LENGTH, FINISH_STOP, Delta, Finished, TokenInfo
+
+_FINISH = {
+    FINISH_STOP: pb.FINISH_REASON_STOP,
+    FINISH_LENGTH: pb.FINISH_REASON_LENGTH,
+    FINISH_CANCELLED: pb.FINISH_REASON_CANCELLED,
+}
+
+
+def to_core(request: pb.GenerateRequest | pb.GenerateStreamRequest) -> GenerationRequest:
+    s = request.sampling
+    opt = lambda name: getattr(s, name) if s.HasField(name) else None  # noqa: E731 - proto3 optional fields
+    return GenerationRequest(
+        model=request.model,
+        prompt=request.prompt,
+        messages=[(m.role, m.content) for m in request.messages],
+        max_new_tokens=opt("max_new_tokens"),
+        temperature=opt("temperature"),
+        top_p=opt("top_p"),
+        top_k=opt("top_k"),
+        repetition_penalty=opt("repetition_penalty"),
+        stop=list(s.stop),
+        seed=opt("seed"),
+        logprobs=request.output.logprobs,
+        top_logprobs=request.output.top_logprobs,
+    )
+
+
+def _logprobs(tokens: list[TokenInfo]) -> list[pb.TokenLogprob]:
+    return [
+        pb.TokenLogprob(
+            token=t.token, token_id=t.token_id, logprob=t.logprob, entropy=t.entropy,
+            top=[pb.TopLogprob(token=a, token_id=i, logprob=lp) for a, i, lp in t.top],
+        )
+        for t in tokens
+    ]
+
+
+def _stats(f: Finished) -> pb.GenerationStats:
+    return pb.GenerationStats(
+        prompt_tokens=f.prompt_tokens, completion_tokens=f.completion_tokens, time_to_first_token_ms=f.ttft_ms,
+        tokens_per_second=f.tokens_per_second, total_ms=f.total_ms, queue_ms=f.queue_ms,
+    )
+
+
+def _stopped(ctx: CallContext):
+    return lambda: ctx.cancelled() or ctx.expired()
+
+
+class GeneratorApi(ServiceApi):
+    service = "generator"
+    descriptor = pb.DESCRIPTOR.services_by_name["GeneratorService"]
+    servicer_base = pb_grpc.GeneratorServiceServicer
+    add_to_server = staticmethod(pb_grpc.add_GeneratorServiceServicer_to_server)
+
+    def __init__(self, core: GeneratorCore):
+        self.core = core
+
+    def warm_up(self) -> None:
+        self.core.warm_up()
+
+    def close(self) -> None:
+        self.core.close()
+
+    def Generate(self, request: pb.GenerateRequest, ctx: CallContext) -> pb.GenerateResponse:
+        result = self.core.generate(to_core(request), _stopped(ctx))
+        if result.finished.reason == FINISH_CANCELLED:
+            ctx.check()  # the caller left or its deadline passed: report that, not a partial text
+        return pb.GenerateResponse(
+            text=result.text, finish_reason=_FINISH[result.finished.reason], stats=_stats(result.finished),
+            logprobs=_logprobs(result.tokens), model=result.model, seed=result.seed,
+        )
+
+    def GenerateStream(self, request: pb.GenerateStreamRequest, ctx: CallContext) -> Iterator[pb.GenerateStreamResponse]:
+        er, model, seed = self.core.start(to_core(request), _stopped(ctx))
+        for event in er.events():
+            if isinstance(event, Delta):
+                yield pb.GenerateStreamResponse(delta=event.text, logprobs=_logprobs(event.tokens), model=model, seed=seed)
+            else:
+                yield pb.GenerateStreamResponse(
+                    logprobs=_logprobs(event.tokens), finish_reason=_FINISH[event.reason], stats=_stats(event),
+                    model=model, seed=seed,
+                )
+
+    def ListModels(self, request: pb.ListModelsRequest, ctx: CallContext) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(
+            models=[
+                pb.ModelInfo(name=m.name, source=m.source, loaded=m.loaded, context_length=m.context_length,
+                             is_default=m.is_default)
+                for m in self.core.list_models()
+            ]
+        )
+
+
+API_CLASS = GeneratorApi
+
+
+def create_api() -> GeneratorApi:
+    return GeneratorApi(GeneratorCore())

@@ -1,0 +1,24 @@
+"""Generator settings (prefix GENSTACK_GENERATOR_)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from shared.config import ServiceSettings
+
+
+class GeneratorSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="GENSTACK_GENERATOR_", extra="ignore")
+
+    default_model: str = Field("qwen2.5-0.5b", description="Model used when a request names none")
+    preload: list[str] = Field(default_factory=list, description="Models loaded at warm-up (default: default_model)")
+    dtype: str = Field("bfloat16", description="torch dtype for weights: bfloat16, float16 or float32")
+    device: str = Field("cpu", description="torch device, e.g. cpu or cuda")
+    max_new_tokens_cap: int = Field(2048, description="Upper bound a request may ask for")
+    default_max_new_tokens: int = Field(256, description="max_new_tokens when a request sets none")
+    default_temperature: float = Field(0.7, description="temperature when a request sets none")
+    max_context_tokens: int = Field(0, description="Cap on prompt+completion tokens (0: the model's own context)")
+    max_queue: int = Field(64, description="Requests waiting per model before RESOURCE_EXHAUSTED")
+    max_loaded_models: int = Field(3, description="Models kept in memory at once")
+    allow_any_model: bool = Field(True, description="Accept Hugging Face ids and local paths beyond the registry")

@@ -1,0 +1,85 @@
+"""Test-wide setup: offline models, the small model as default, a private Redis DB and home."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Before anything reads settings: offline, small default model, isolated state.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ.setdefault("GENSTACK_GENERATOR_DEFAULT_MODEL", "smollm2-135m")
+os.environ.setdefault("GENSTACK_REDIS_URL", "redis://127.0.0.1:6379/15")
+os.environ.setdefault("GENSTACK_LOG_LEVEL", "WARNING")
+# Converted models are shared with the user's cache so that the GGUF conversion happens once.
+os.environ.setdefault("GENSTACK_MODEL_CACHE", str(Path.home() / ".cache" / "genstack" / "models"))
+_data = tempfile.mkdtemp(prefix="genstack-test-data-")
+os.environ.setdefault("GENSTACK_DATA_DIR", _data)
+
+import shared  # noqa: E402,F401 - generated stubs on sys.path
+
+from tests.support import ServiceProcess  # noqa: E402
+
+TRANSPORTS = ("inproc", "grpc", "celery")
+
+
+@pytest.fixture(scope="session")
+def redis_client():
+    import redis
+
+    from shared.config import get_settings
+
+    client = redis.Redis.from_url(get_settings().redis_url)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        pytest.fail("Redis is not reachable at GENSTACK_REDIS_URL; start it (see .ci/run)")
+    return client
+
+
+_processes: dict[tuple[str, str], ServiceProcess] = {}
+
+
+@pytest.fixture(scope="session")
+def service_process(redis_client):
+    """Factory: service_process("generator", "grpc") starts (once per session) and returns it."""
+
+    def get(service: str, role: str) -> ServiceProcess:
+        key = (service, role)
+        if key not in _processes:
+            if role == "worker":
+                redis_client.delete(service)  # stale messages from an earlier, killed run
+            _processes[key] = ServiceProcess(service, role).start()
+        return _processes[key]
+
+    yield get
+    for proc in _processes.values():
+        proc.stop()
+    _processes.clear()
+
+
+@pytest.fixture(scope="session")
+def client_factory(service_process):
+    """Factory: client_factory(ClientClass, transport) -> a client wired to real processes."""
+    made = []
+
+    def make(client_cls, transport: str):
+        service = client_cls.service
+        if transport == "grpc":
+            proc = service_process(service, "grpc")
+            client = client_cls("grpc", address=proc.address)
+        elif transport == "celery":
+            service_process(service, "worker")
+            client = client_cls("celery")
+        else:
+            client = client_cls("inproc")
+        made.append(client)
+        return client
+
+    yield make
+    for c in made:
+        c.close()

@@ -1,0 +1,115 @@
+"""Helpers for tests that start real service processes (gRPC servers, Celery workers)."""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class ServiceProcess:
+    """`python -m services.<service> grpc|worker` as a child process, stopped with SIGTERM."""
+
+    def __init__(self, service: str, role: str, env: dict[str, str] | None = None, startup_timeout: float = 180):
+        self.service, self.role = service, role
+        self.env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+        self.startup_timeout = startup_timeout
+        self.port: int | None = None
+        self.lines: collections.deque[str] = collections.deque(maxlen=300)
+        self._listening = threading.Event()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> ServiceProcess:
+        args = [sys.executable, "-m", f"services.{self.service}", self.role]
+        if self.role == "grpc":
+            args.append("0")  # ephemeral port, announced on stdout
+        self.proc = subprocess.Popen(
+            args, cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        threading.Thread(target=self._drain, daemon=True).start()
+        if self.role == "grpc":
+            self._wait_grpc()
+        else:
+            self._wait_worker()
+        return self
+
+    def _drain(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip())
+            if line.startswith("GENSTACK_LISTENING"):
+                self.port = int(line.split()[2])
+                self._listening.set()
+
+    def _fail(self, why: str) -> None:
+        self.stop()
+        tail = "\n".join(self.lines)
+        raise RuntimeError(f"{self.service} {self.role}: {why}\n--- last output ---\n{tail}")
+
+    def _wait_grpc(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        if not self._listening.wait(self.startup_timeout):
+            self._fail("never announced its port")
+        with grpc.insecure_channel(self.address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    self._fail("exited during start-up")
+                try:
+                    status = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2).status
+                    if status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.2)
+        self._fail("not SERVING in time")
+
+    def _wait_worker(self) -> None:
+        from shared.celery_app import make_celery
+
+        app = make_celery()
+        deadline = time.monotonic() + self.startup_timeout
+        try:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    self._fail("exited during start-up")
+                replies = app.control.ping(timeout=1.0) or []
+                if any(name.startswith(f"{self.service}@") for reply in replies for name in reply):
+                    return
+            self._fail("never answered a ping")
+        finally:
+            app.close()
+
+    def stop(self, timeout: float = 30) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
