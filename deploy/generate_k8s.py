@@ -322,10 +322,19 @@ def scaled_object(spec: ServiceSpec) -> dict:
     }
 
 
+class _PlainDumper(yaml.SafeDumper):
+    """No &anchors/*aliases for objects used twice: each manifest reads on its own."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
+
+
+def _yaml(doc: dict) -> str:
+    return yaml.dump(doc, Dumper=_PlainDumper, sort_keys=False, default_flow_style=False, width=120)
+
+
 def dump(docs: list[dict]) -> str:
-    return HEADER + "".join(
-        "---\n" + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, width=120) for doc in docs
-    )
+    return HEADER + "".join("---\n" + _yaml(doc) for doc in docs)
 
 
 def render() -> dict[Path, str]:
@@ -334,14 +343,11 @@ def render() -> dict[Path, str]:
     for spec in SERVICES.values():
         files[ROOT / "base" / "services" / f"{spec.name}.yaml"] = dump(service_documents(spec))
     files[ROOT / "base" / "config.yaml"] = dump([config_map()])
-    files[ROOT / "base" / "services" / "kustomization.yaml"] = HEADER + yaml.safe_dump(
-        {
-            "apiVersion": "kustomize.config.k8s.io/v1beta1",
-            "kind": "Kustomization",
-            "resources": [f"{name}.yaml" for name in SERVICES],
-        },
-        sort_keys=False,
-    )
+    files[ROOT / "base" / "services" / "kustomization.yaml"] = HEADER + _yaml({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [f"{name}.yaml" for name in SERVICES],
+    })
     files[ROOT / "components" / "keda" / "scaledobjects.yaml"] = dump([scaled_object(s) for s in SERVICES.values()])
     return files
 

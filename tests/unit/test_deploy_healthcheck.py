@@ -16,10 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
-from genstack.agent.v1 import agent_pb2, agent_pb2_grpc
 
-import shared  # noqa: F401 - generated stubs on sys.path
 from deploy import healthcheck
+from genstack.agent.v1 import agent_pb2, agent_pb2_grpc
 from shared.errors import Unavailable
 from shared.grpc_server import Server
 from shared.rpc import ServiceApi

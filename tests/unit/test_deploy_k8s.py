@@ -248,12 +248,18 @@ def test_pods_are_locked_down(rendered, target):
         assert pod["securityContext"]["runAsUser"] > 0, where
         assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", where
         assert pod["automountServiceAccountToken"] is False, where
+        assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC"), where
         volumes = {v["name"]: v for v in pod["volumes"]}
+        # the volume types the "restricted" Pod Security Standard (enforced on the namespace) allows
+        for v in volumes.values():
+            assert set(v) - {"name"} <= {"emptyDir", "configMap", "secret", "persistentVolumeClaim", "projected",
+                                         "downwardAPI", "csi", "ephemeral"}, f"{where}: volume {v['name']}"
         claims = {t["metadata"]["name"] for t in w["spec"].get("volumeClaimTemplates", [])}
         for c in pod["containers"]:
             sc = c["securityContext"]
             assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False, where
-            assert sc["capabilities"]["drop"] == ["ALL"], where
+            assert sc["capabilities"]["drop"] == ["ALL"] and not sc["capabilities"].get("add"), where
+            assert not any("hostPort" in p for p in c.get("ports", [])), where
             for kind in ("requests", "limits"):
                 assert {"cpu", "memory"} <= c["resources"][kind].keys(), f"{where}: resources.{kind}"
             mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
@@ -343,3 +349,34 @@ def test_weaviate_component_is_pinned_and_wired_to_the_retriever(rendered):
         svc = _by_kind(docs, "Service")[url.hostname]
         assert url.port in [p["port"] for p in svc["spec"]["ports"] if p["name"] == "http"]
     assert "weaviate" not in _by_kind(rendered["base"], "StatefulSet")
+
+
+# --- the stand-in renderer ------------------------------------------------------------------
+
+def test_lite_renderer_refuses_what_it_does_not_implement(tmp_path):
+    (tmp_path / "kustomization.yaml").write_text("resources: []\nconfigMapGenerator: []\n")
+    with pytest.raises(kustomize_lite.Unsupported, match="configMapGenerator"):
+        kustomize_lite.render(tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(
+        "resources: [cm.yaml]\npatches:\n  - target: {kind: ConfigMap}\n    patch: |-\n      data: {a: b}\n"
+    )
+    (tmp_path / "cm.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")
+    with pytest.raises(kustomize_lite.Unsupported, match="JSON 6902"):
+        kustomize_lite.render(tmp_path)
+
+
+def test_lite_json_patch_follows_rfc_6902():
+    doc = {"a": {"b": [1, 2]}, "c/d": 1, "e": {"f": 1}}
+    out = kustomize_lite.apply_json_patch(doc, [
+        {"op": "add", "path": "/a/b/-", "value": 3},
+        {"op": "add", "path": "/a/b/0", "value": 0},
+        {"op": "remove", "path": "/c~1d"},
+        {"op": "replace", "path": "/e/f", "value": {"g": 2}},
+        {"op": "add", "path": "/e/h", "value": [1]},
+    ])
+    assert out == {"a": {"b": [0, 1, 2, 3]}, "e": {"f": {"g": 2}, "h": [1]}}
+    assert doc == {"a": {"b": [1, 2]}, "c/d": 1, "e": {"f": 1}}, "the input stays untouched"
+    with pytest.raises(KeyError):
+        kustomize_lite.apply_json_patch(doc, [{"op": "replace", "path": "/nope", "value": 1}])
+    with pytest.raises(KeyError):
+        kustomize_lite.apply_json_patch(doc, [{"op": "remove", "path": "/nope"}])
