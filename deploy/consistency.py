@@ -44,8 +44,6 @@ OTHER_VARIABLES = {
 #: settings the deployment sets for services whose code has not landed yet: accepted only while
 #: services/<service>/settings.py does not exist; from then on they must be real settings.
 PENDING_SETTINGS = {
-    "GENSTACK_RETRIEVER_BACKEND": "retriever",
-    "GENSTACK_RETRIEVER_WEAVIATE_URL": "retriever",
     "GENSTACK_IMAGE_DEVICE": "image",
     "GENSTACK_VIDEO_DEVICE": "video",
 }

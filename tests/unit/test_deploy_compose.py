@@ -199,6 +199,11 @@ def test_weaviate_is_pinned_without_a_vectorizer(compose):
     retriever = compose["services"]["retriever"]["environment"]
     assert retriever["GENSTACK_RETRIEVER_BACKEND"] == "weaviate"
     assert urlparse(retriever["GENSTACK_RETRIEVER_WEAVIATE_URL"]).netloc == "weaviate:8080"
+    settings = pytest.importorskip("services.retriever.settings", reason="the retriever has not landed yet")
+    grpc_port = int(retriever.get("GENSTACK_RETRIEVER_WEAVIATE_GRPC_PORT",
+                                  settings.RetrieverSettings.model_fields["weaviate_grpc_port"].default))
+    # Weaviate serves gRPC on 50051 inside the compose network (the host sees it on WEAVIATE_GRPC_PORT)
+    assert grpc_port == 50051
 
 
 def test_env_example_documents_exactly_the_interpolated_variables():

@@ -334,6 +334,11 @@ def test_keda_scales_one_worker_deployment_per_queue(rendered, target):
     assert not hpa_targets & {o["spec"]["scaleTargetRef"]["name"] for o in scaled.values()}, "HPA and KEDA collide"
 
 
+def _retriever_default(field: str):
+    settings = pytest.importorskip("services.retriever.settings", reason="the retriever has not landed yet")
+    return settings.RetrieverSettings.model_fields[field].default
+
+
 def test_weaviate_component_is_pinned_and_wired_to_the_retriever(rendered):
     for target in ("base+weaviate", *(f"overlays/{o}" for o in OVERLAYS)):
         docs = rendered[target]
@@ -348,6 +353,9 @@ def test_weaviate_component_is_pinned_and_wired_to_the_retriever(rendered):
         url = urlparse(config["GENSTACK_RETRIEVER_WEAVIATE_URL"])
         svc = _by_kind(docs, "Service")[url.hostname]
         assert url.port in [p["port"] for p in svc["spec"]["ports"] if p["name"] == "http"]
+        # the v4 client also speaks gRPC to the same host, on the retriever's configured port
+        grpc_port = int(config.get("GENSTACK_RETRIEVER_WEAVIATE_GRPC_PORT", _retriever_default("weaviate_grpc_port")))
+        assert grpc_port in [p["port"] for p in svc["spec"]["ports"] if p["name"] == "grpc"]
     assert "weaviate" not in _by_kind(rendered["base"], "StatefulSet")
 
 
