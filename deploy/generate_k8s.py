@@ -93,6 +93,9 @@ def labels(spec: ServiceSpec, role: str) -> dict[str, str]:
         "genstack.dev/service": spec.name,
         "genstack.dev/role": role,
     }
+    if role == "worker":
+        # the Celery queue this worker consumes (the runner passes `-Q <queue>`)
+        out["genstack.dev/queue"] = spec.queue
     if profile(spec.name).gpu:
         out["genstack.dev/accelerator"] = "gpu"
     return out

@@ -185,6 +185,7 @@ def test_every_service_has_server_worker_and_queue(rendered, name):
     worker = deployments[f"{name}-worker"]
     wc = worker["spec"]["template"]["spec"]["containers"][0]
     assert _env(wc)["SERVICE"] == name and _env(wc)["ROLE"] == "worker"
+    assert worker["metadata"]["labels"]["genstack.dev/queue"] == spec.queue
     assert "ports" not in wc
 
     pdbs = _by_kind(docs, "PodDisruptionBudget")
