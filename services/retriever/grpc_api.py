@@ -1,0 +1,191 @@
+"""Retriever API: protobuf <-> core. Used by the gRPC servicer, the Celery tasks and inproc."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import shared  # noqa: F401 - puts the generated stubs on sys.path
+from genstack.retriever.v1 import retriever_pb2 as pb
+from genstack.retriever.v1 import retriever_pb2_grpc as pb_grpc
+from services.retriever.core import (
+    DONE,
+    EMBEDDING,
+    PARSING,
+    WRITING,
+    DocumentInput,
+    FilterInput,
+    IngestResult,
+    Retriever,
+    SearchInput,
+)
+from services.retriever.stores.base import HYBRID, KEYWORD, VECTOR, Candidate, CollectionStats
+from shared.errors import InvalidArgument
+from shared.rpc import CallContext, ServiceApi
+
+_MODES = {
+    pb.SEARCH_MODE_UNSPECIFIED: None,
+    pb.SEARCH_MODE_VECTOR: VECTOR,
+    pb.SEARCH_MODE_KEYWORD: KEYWORD,
+    pb.SEARCH_MODE_HYBRID: HYBRID,
+}
+_MODE_ENUM = {VECTOR: pb.SEARCH_MODE_VECTOR, KEYWORD: pb.SEARCH_MODE_KEYWORD, HYBRID: pb.SEARCH_MODE_HYBRID}
+_STAGES = {
+    PARSING: pb.INGEST_STAGE_PARSING,
+    EMBEDDING: pb.INGEST_STAGE_EMBEDDING,
+    WRITING: pb.INGEST_STAGE_WRITING,
+    DONE: pb.INGEST_STAGE_DONE,
+}
+
+
+def _opt(msg, name: str):
+    return getattr(msg, name) if msg.HasField(name) else None
+
+
+def to_documents(request: pb.IngestDocumentsRequest) -> list[DocumentInput]:
+    out = []
+    for d in request.documents:
+        which = d.WhichOneof("content")
+        out.append(
+            DocumentInput(
+                id=d.id,
+                text=d.text if which == "text" else None,
+                data=d.data if which == "data" else None,
+                content_type=d.content_type,
+                metadata=dict(d.metadata),
+                source=d.source,
+            )
+        )
+    return out
+
+
+def to_filter(f: pb.MetadataFilter) -> FilterInput:
+    which = f.WhichOneof("condition")
+    if which == "equals":
+        return FilterInput(f.key, which, equals=f.equals)
+    if which == "any_of":
+        return FilterInput(f.key, which, any_of=list(f.any_of.values))
+    if which == "number_range":
+        r = f.number_range
+        return FilterInput(f.key, which, bounds=(_opt(r, "gte"), _opt(r, "gt"), _opt(r, "lte"), _opt(r, "lt")))
+    if which == "date_range":
+        r = f.date_range
+        return FilterInput(f.key, which, bounds=(r.gte or None, r.gt or None, r.lte or None, r.lt or None))
+    return FilterInput(f.key, None)
+
+
+def to_search(request: pb.SearchRequest) -> SearchInput:
+    if request.mode not in _MODES:
+        raise InvalidArgument(f"must be one of {', '.join(pb.SearchMode.keys())} (got {request.mode})", field="mode")
+    has_mmr = request.HasField("mmr")
+    return SearchInput(
+        collection=request.collection,
+        query=request.query,
+        top_k=_opt(request, "top_k"),
+        mode=_MODES[request.mode],
+        alpha=_opt(request, "alpha"),
+        filters=[to_filter(f) for f in request.filters],
+        min_score=_opt(request, "min_score"),
+        mmr=has_mmr,
+        mmr_lambda=_opt(request.mmr, "lambda_mult") if has_mmr else None,
+        mmr_fetch_k=_opt(request.mmr, "fetch_k") if has_mmr else None,
+    )
+
+
+def to_hit(c: Candidate) -> pb.Hit:
+    hit = pb.Hit(
+        chunk_id=c.chunk_id, document_id=c.document_id, text=c.text, score=c.score, start_offset=c.start,
+        end_offset=c.end, chunk_index=c.index, section=c.section, page=c.page, metadata=c.metadata,
+        source=c.source, content_type=c.content_type,
+    )
+    if c.vector_score is not None:
+        hit.vector_score = c.vector_score
+    if c.keyword_score is not None:
+        hit.keyword_score = c.keyword_score
+    return hit
+
+
+def to_collection(s: CollectionStats) -> pb.CollectionInfo:
+    return pb.CollectionInfo(
+        name=s.name, document_count=s.document_count, chunk_count=s.chunk_count,
+        embedding_model=s.embedding_model, dimension=s.dimension, backend=s.backend,
+    )
+
+
+def to_ingest_response(result: IngestResult) -> pb.IngestDocumentsResponse:
+    return pb.IngestDocumentsResponse(
+        collection=result.collection,
+        chunks_written=result.chunks_written,
+        documents=[
+            pb.IngestedDocument(document_id=d.document_id, chunks=d.chunks, replaced_chunks=d.replaced_chunks)
+            for d in result.documents
+        ],
+    )
+
+
+def progress_message(stage: str, done: int, total: int, documents: int, chunks: int) -> pb.IngestProgress:
+    return pb.IngestProgress(stage=_STAGES[stage], done=done, total=total, documents=documents, chunks=chunks)
+
+
+class RetrieverApi(ServiceApi):
+    service = "retriever"
+    descriptor = pb.DESCRIPTOR.services_by_name["RetrieverService"]
+    servicer_base = pb_grpc.RetrieverServiceServicer
+    add_to_server = staticmethod(pb_grpc.add_RetrieverServiceServicer_to_server)
+
+    def __init__(self, core: Retriever):
+        self.core = core
+
+    def warm_up(self) -> None:
+        self.core.warm_up()
+
+    def close(self) -> None:
+        self.core.close()
+
+    def IngestDocuments(self, request: pb.IngestDocumentsRequest, ctx: CallContext) -> pb.IngestDocumentsResponse:
+        return self.ingest(request, ctx)
+
+    def ingest(
+        self,
+        request: pb.IngestDocumentsRequest,
+        ctx: CallContext,
+        *,
+        max_documents: int | None = None,
+        on_progress: Callable[[pb.IngestProgress], None] | None = None,
+    ) -> pb.IngestDocumentsResponse:
+        """IngestDocuments, with the larger document cap and progress reports of the retriever.ingest task."""
+        chunking = request.chunking
+        progress = None
+        if on_progress is not None:
+            progress = lambda *args: on_progress(progress_message(*args))  # noqa: E731
+        result = self.core.ingest(
+            request.collection,
+            to_documents(request),
+            _opt(chunking, "chunk_size_tokens"),
+            _opt(chunking, "chunk_overlap_tokens"),
+            max_documents=max_documents,
+            progress=progress,
+            check=ctx.check,
+        )
+        return to_ingest_response(result)
+
+    def DeleteDocuments(self, request: pb.DeleteDocumentsRequest, ctx: CallContext) -> pb.DeleteDocumentsResponse:
+        deleted, not_found, chunks = self.core.delete_documents(request.collection, list(request.document_ids))
+        return pb.DeleteDocumentsResponse(deleted_ids=deleted, not_found_ids=not_found, chunks_deleted=chunks)
+
+    def ListCollections(self, request: pb.ListCollectionsRequest, ctx: CallContext) -> pb.ListCollectionsResponse:
+        return pb.ListCollectionsResponse(collections=[to_collection(s) for s in self.core.list_collections()])
+
+    def DeleteCollection(self, request: pb.DeleteCollectionRequest, ctx: CallContext) -> pb.DeleteCollectionResponse:
+        stats = self.core.delete_collection(request.collection)
+        return pb.DeleteCollectionResponse(documents_deleted=stats.document_count, chunks_deleted=stats.chunk_count)
+
+    def Search(self, request: pb.SearchRequest, ctx: CallContext) -> pb.SearchResponse:
+        result = self.core.search(to_search(request))
+        return pb.SearchResponse(hits=[to_hit(h) for h in result.hits], mode=_MODE_ENUM[result.mode], alpha=result.alpha)
+
+
+API_CLASS = RetrieverApi
+
+
+def create_api() -> RetrieverApi:
+    return RetrieverApi(Retriever())
