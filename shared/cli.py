@@ -71,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     _offline_defaults()
     args = build_parser().parse_args(argv)
+    if args.command not in ("serve", "worker"):
+        # interactive commands: plain, quiet logs on stderr-free stdout; services keep JSON lines
+        from shared.config import get_settings
+        from shared.logging import setup_logging
+
+        setup_logging("cli", "WARNING" if get_settings().log_level == "INFO" else get_settings().log_level, False)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -218,7 +218,8 @@ class ServiceClient:
                         last_id = entry_id
                         fields = {k.decode(): v.decode() for k, v in fields.items()}
                         if "data" in fields:
-                            yield json_format.ParseDict(json.loads(fields["data"]), m.response_type(), ignore_unknown_fields=True)
+                            doc = json.loads(fields["data"])
+                            yield json_format.ParseDict(doc, m.response_type(), ignore_unknown_fields=True)
                         if fields.get("end"):
                             if "error" in fields:
                                 raise from_name(fields["error"], fields.get("message", ""))

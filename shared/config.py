@@ -71,13 +71,13 @@ class ClientSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="GENSTACK_", extra="ignore")
 
-    orchestrator_address: str = "127.0.0.1:50051"
-    retriever_address: str = "127.0.0.1:50052"
-    generator_address: str = "127.0.0.1:50053"
-    validator_address: str = "127.0.0.1:50054"
-    image_address: str = "127.0.0.1:50055"
-    video_address: str = "127.0.0.1:50056"
-    agent_address: str = "127.0.0.1:50057"
+    orchestrator_address: str = Field("127.0.0.1:50051", description="host:port of the orchestrator gRPC server")
+    retriever_address: str = Field("127.0.0.1:50052", description="host:port of the retriever gRPC server")
+    generator_address: str = Field("127.0.0.1:50053", description="host:port of the generator gRPC server")
+    validator_address: str = Field("127.0.0.1:50054", description="host:port of the validator gRPC server")
+    image_address: str = Field("127.0.0.1:50055", description="host:port of the image gRPC server")
+    video_address: str = Field("127.0.0.1:50056", description="host:port of the video gRPC server")
+    agent_address: str = Field("127.0.0.1:50057", description="host:port of the agent gRPC server")
 
     def address(self, service: str) -> str:
         return getattr(self, f"{service}_address")
@@ -99,6 +99,7 @@ def all_settings_classes() -> list[type[BaseSettings]]:
 
     from shared.services import SERVICES
 
+    importlib.import_module("shared.embeddings")
     for name in SERVICES:
         try:
             importlib.import_module(f"services.{name}.settings")
@@ -111,3 +112,22 @@ def all_settings_classes() -> list[type[BaseSettings]]:
         found.append(cls)
         stack.extend(cls.__subclasses__())
     return found
+
+
+def env_vars() -> list[tuple[str, str, str]]:
+    """(environment variable, default, description) for every setting, for docs and deploy checks."""
+    rows = []
+    for cls in all_settings_classes():
+        prefix = cls.model_config.get("env_prefix", "")
+        for name, field in cls.model_fields.items():
+            default = field.get_default(call_default_factory=False) if field.default_factory is None else "(computed)"
+            rows.append((f"{prefix}{name}".upper(), "" if default is None else str(default), field.description or ""))
+    return rows
+
+
+if __name__ == "__main__":  # `python -m shared.config`: the configuration table in Markdown
+    from shared.config import env_vars as _env_vars  # this module's classes, not __main__'s copies
+
+    print("| variable | default | meaning |\n| --- | --- | --- |")
+    for var, default, doc in _env_vars():
+        print(f"| `{var}` | `{default}` | {doc} |")

@@ -21,7 +21,6 @@ _data = tempfile.mkdtemp(prefix="genstack-test-data-")
 os.environ.setdefault("GENSTACK_DATA_DIR", _data)
 
 import shared  # noqa: E402,F401 - generated stubs on sys.path
-
 from tests.support import ServiceProcess  # noqa: E402
 
 TRANSPORTS = ("inproc", "grpc", "celery")

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class ServiceProcess:
-    """`python -m services.<service> grpc|worker` as a child process, stopped with SIGTERM."""
+    """`genstack serve|worker <service>` as a child process, stopped with SIGTERM."""
 
     def __init__(self, service: str, role: str, env: dict[str, str] | None = None, startup_timeout: float = 180):
         self.service, self.role = service, role
@@ -35,9 +35,11 @@ class ServiceProcess:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> ServiceProcess:
-        args = [sys.executable, "-m", f"services.{self.service}", self.role]
+        # through the console command's code path: `genstack serve <svc>` / `genstack worker <svc>`
         if self.role == "grpc":
-            args.append("0")  # ephemeral port, announced on stdout
+            args = [sys.executable, "-m", "shared.cli", "serve", self.service, "--port", "0"]  # port announced
+        else:
+            args = [sys.executable, "-m", "shared.cli", "worker", self.service]
         self.proc = subprocess.Popen(
             args, cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )

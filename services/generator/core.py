@@ -9,11 +9,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from shared.config import Settings, get_settings
-from shared.errors import InvalidArgument, Unavailable, require
 from services.generator import registry
 from services.generator.engine import Delta, Engine, EngineRequest, Finished, LoadedModel, SamplingConfig
 from services.generator.settings import GeneratorSettings
+from shared.config import Settings, get_settings
+from shared.errors import InvalidArgument, Unavailable, require
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ class GeneratorCore:
         self._engines: OrderedDict[str, Engine] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
+        self._closed = False
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -74,6 +75,7 @@ class GeneratorCore:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             for engine in self._engines.values():
                 engine.close()
             self._engines.clear()
@@ -83,6 +85,8 @@ class GeneratorCore:
     def engine(self, requested: str) -> Engine:
         name = requested or self.settings.default_model
         with self._lock:
+            if self._closed:
+                raise Unavailable("the generator is shutting down")
             if name in self._engines:
                 self._engines.move_to_end(name)
                 return self._engines[name]
@@ -93,6 +97,9 @@ class GeneratorCore:
                     return self._engines[name]
             engine = Engine(self._load(name), self.settings.max_queue)
             with self._lock:
+                if self._closed:
+                    engine.close()
+                    raise Unavailable("the generator is shutting down")
                 self._engines[name] = engine
                 while len(self._engines) > self.settings.max_loaded_models:
                     _, old = self._engines.popitem(last=False)
@@ -102,6 +109,9 @@ class GeneratorCore:
     def _load(self, name: str) -> LoadedModel:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
         canonical, source = registry.resolve(name, self.base.model_cache_dir, self.settings.allow_any_model)
         dtype = getattr(torch, self.settings.dtype, None)

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 import shared  # noqa: F401 - puts the generated stubs on sys.path
 from genstack.generator.v1 import generator_pb2 as pb
 from genstack.generator.v1 import generator_pb2_grpc as pb_grpc
-from shared.rpc import CallContext, ServiceApi
 from services.generator.core import GenerationRequest, GeneratorCore
 from services.generator.engine import FINISH_CANCELLED, FINISH_LENGTH, FINISH_STOP, Delta, Finished, TokenInfo
+from shared.rpc import CallContext, ServiceApi
 
 _FINISH = {
     FINISH_STOP: pb.FINISH_REASON_STOP,
@@ -82,11 +82,15 @@ class GeneratorApi(ServiceApi):
             logprobs=_logprobs(result.tokens), model=result.model, seed=result.seed,
         )
 
-    def GenerateStream(self, request: pb.GenerateStreamRequest, ctx: CallContext) -> Iterator[pb.GenerateStreamResponse]:
+    def GenerateStream(
+        self, request: pb.GenerateStreamRequest, ctx: CallContext
+    ) -> Iterator[pb.GenerateStreamResponse]:
         er, model, seed = self.core.start(to_core(request), _stopped(ctx))
         for event in er.events():
             if isinstance(event, Delta):
-                yield pb.GenerateStreamResponse(delta=event.text, logprobs=_logprobs(event.tokens), model=model, seed=seed)
+                yield pb.GenerateStreamResponse(
+                    delta=event.text, logprobs=_logprobs(event.tokens), model=model, seed=seed
+                )
             else:
                 yield pb.GenerateStreamResponse(
                     logprobs=_logprobs(event.tokens), finish_reason=_FINISH[event.reason], stats=_stats(event),

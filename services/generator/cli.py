@@ -1,0 +1,74 @@
+"""`genstack generate`: stream a completion to the terminal."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from google.protobuf import json_format
+
+
+def register(sub) -> None:
+    p = sub.add_parser("generate", help="generate text, streamed token by token")
+    p.add_argument("prompt", help="the prompt (sent as a user chat message unless --raw)")
+    p.add_argument("--model", default="", help="registry name, Hugging Face id or folder (default: configured)")
+    p.add_argument("--raw", action="store_true", help="continue the prompt as is, without the chat template")
+    p.add_argument("--system", default=None, help="system message for chat models")
+    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--temperature", type=float, default=None, help=">= 0; 0 = greedy")
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--repetition-penalty", type=float, default=None)
+    p.add_argument("--stop", action="append", default=[], help="stop sequence (repeatable, at most 16)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--logprobs", type=int, default=None, metavar="N", help="return log-probs with N alternatives")
+    p.add_argument("--transport", choices=["inproc", "grpc", "celery"], default=None)
+    p.add_argument("--timeout", type=float, default=None, help="deadline in seconds")
+    p.add_argument("--json", action="store_true", help="print one JSON object per streamed message")
+    p.set_defaults(func=run)
+
+
+def build_request(args: argparse.Namespace):
+    from genstack.generator.v1 import generator_pb2 as pb
+
+    sampling = pb.SamplingParams(stop=args.stop)
+    for name in ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(sampling, name, value)
+    request = pb.GenerateStreamRequest(model=args.model, sampling=sampling)
+    if args.logprobs is not None:
+        request.output.logprobs = True
+        request.output.top_logprobs = args.logprobs
+    if args.raw:
+        request.prompt = args.prompt
+    else:
+        if args.system:
+            request.messages.add(role="system", content=args.system)
+        request.messages.add(role="user", content=args.prompt)
+    return request
+
+
+def run(args: argparse.Namespace) -> int:
+    from genstack.generator.v1 import generator_pb2 as pb
+    from shared.clients.generator import GeneratorClient
+
+    with GeneratorClient(args.transport) as client:
+        final = None
+        for msg in client.generate_stream(build_request(args), timeout=args.timeout):
+            if args.json:
+                print(json.dumps(json_format.MessageToDict(msg)), flush=True)
+            elif msg.delta:
+                sys.stdout.write(msg.delta)
+                sys.stdout.flush()
+            final = msg
+        if not args.json and final is not None:
+            s = final.stats
+            reason = pb.FinishReason.Name(final.finish_reason).removeprefix("FINISH_REASON_").lower()
+            print(
+                f"\n\n[{final.model} · {s.completion_tokens} tokens · {s.tokens_per_second:.1f} tok/s · "
+                f"first token {s.time_to_first_token_ms:.0f} ms · seed {final.seed} · {reason}]",
+                file=sys.stderr,
+            )
+    return 0
