@@ -59,12 +59,18 @@ STRONG: list[tuple[str, re.Pattern[str]]] = [
 ]
 
 CUES = re.compile(
-    r"\b(?:ignore|disregard|forget|override|bypass|instructions?|prompts?|assistant|chatbot|a\.?i\.?|llms?|"
-    r"language\s+models?|gpt|you\s+(?:are|must|will|should)\s+now|from\s+now\s+on|"
-    r"(?:reply|respond|answer|output)\s+(?:only|exclusively)|do\s+not\s+(?:tell|mention|reveal)|pretend|"
-    r"role-?play|act\s+as|jailbreak|reveal|confidential|secret|password|api\s+keys?|set\s+aside|"
-    r"(?:told|said|given)\s+(?:to\s+you\s+)?(?:earlier|before|previously)|"
-    r"instead[,]?\s+(?:reply|respond|write|say|answer|output|print|return))\b",
+    r"\b(?:ignore|disregard|forget|override|bypass)\b(?=.{0,40}?\b(?:instructions?|rules|prompts?|guidelines|above|"
+    r"previous|prior|earlier|everything)\b)|"
+    r"\b(?:previous|prior|above|earlier|new|real|actual|hidden|original|initial|secret|system)\s+"
+    r"(?:instructions?|task|prompt|rules|orders)\b|"
+    r"\byour\s+(?:instructions|task|rules|prompt|guidelines|programming|system|training|creators?|developers?)\b|"
+    r"\b(?:assistants?|chatbots?|a\.i\.|ai|llms?|language\s+models?|gpt)\b|"
+    r"\byou\s+(?:are|must|will|should)\s+now\b|\bfrom\s+now\s+on\b|"
+    r"\b(?:reply|respond|answer|output)\s+(?:only|exclusively)\b|"
+    r"\bdo\s+not\s+(?:tell|mention|reveal)\s+(?:this|it|the\s+user|anyone)\b|"
+    r"\b(?:pretend|role-?play|act\s+as|jailbreak)|\bset\s+aside\b|"
+    r"\b(?:told|said|given)\s+(?:to\s+you\s+)?(?:earlier|before|previously)\b|"
+    r"\binstead[,]?\s+(?:reply|respond|write|say|answer|output|print|return)\b",
     _I,
 )
 
