@@ -4,7 +4,8 @@ A document is first cut into sections at its headings (a heading with no text of
 with the next one). Each section is tokenised with the embedding model's tokenizer; chunks hold at
 most `size` tokens and are cut, in order of preference, where a paragraph, a sentence, a line or a
 word starts. Consecutive chunks of one section share about `overlap` tokens (starting on a word).
-A chunk never crosses a section boundary, so its section path describes all of it.
+A chunk never crosses a section boundary (nor a PDF page break), so its section path (and page)
+describes all of it.
 """
 
 from __future__ import annotations
@@ -44,7 +45,15 @@ def sections_of(parsed: ParsedText) -> list[_Section]:
     sections: list[_Section] = []
     stack: list[tuple[int, str]] = []
     current: _Section | None = None
+    page = 0
     for block in parsed.blocks:
+        # a page break ends a section too, so that every chunk of a PDF lies on one page
+        block_page = parsed.page_at(block.start)
+        if block_page != page:
+            page = block_page
+            if current is not None and current.has_body:
+                sections.append(current)
+                current = None
         if block.heading_level:
             if current is not None and current.has_body:
                 sections.append(current)

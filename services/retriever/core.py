@@ -27,7 +27,7 @@ from services.retriever.filters import (
     check_key,
     date_bound,
 )
-from services.retriever.parsing import SUPPORTED, ParseError, ParsedText, normalize_content_type, parse
+from services.retriever.parsing import SUPPORTED, ParsedText, ParseError, normalize_content_type, parse
 from services.retriever.ranking import mmr
 from services.retriever.settings import RetrieverSettings
 from services.retriever.stores.base import (
@@ -343,7 +343,8 @@ class Retriever:
                 raise InvalidArgument(f"{exc.message}{tail}") from None
             if not isinstance(value, str) or len(value) > MAX_METADATA_VALUE_CHARS:
                 raise InvalidArgument(
-                    f"must be a string of at most {MAX_METADATA_VALUE_CHARS} characters{tail}", field=f"{where}[{key!r}]"
+                    f"must be a string of at most {MAX_METADATA_VALUE_CHARS} characters{tail}",
+                    field=f"{where}[{key!r}]",
                 )
 
     # -- other writes ------------------------------------------------------------------------------
@@ -355,7 +356,9 @@ class Retriever:
             raise InvalidArgument("must list at least one document id", field="document_ids")
         for i, doc_id in enumerate(document_ids):
             if not doc_id or len(doc_id) > MAX_ID_CHARS:
-                raise InvalidArgument(f"must be 1-{MAX_ID_CHARS} characters (got {doc_id!r})", field=f"document_ids[{i}]")
+                raise InvalidArgument(
+                    f"must be 1-{MAX_ID_CHARS} characters (got {doc_id!r})", field=f"document_ids[{i}]"
+                )
         deleted, chunks = self.store.delete_documents(collection, list(document_ids))
         gone = set(deleted)
         not_found = [d for d in dict.fromkeys(document_ids) if d not in gone]
@@ -453,8 +456,8 @@ class Retriever:
                 out.append(MetadataFilter(f.key, ANY_OF, tuple(values)))
             elif f.condition == NUMBER_RANGE:
                 gte, gt, lte, lt = f.bounds
-                out.append(MetadataFilter(f.key, NUMBER_RANGE, (), build_range(f"{where}.number_range", gte, gt, lte, lt,
-                                                                               "number")))
+                bounds = build_range(f"{where}.number_range", gte, gt, lte, lt, "number")
+                out.append(MetadataFilter(f.key, NUMBER_RANGE, (), bounds))
             elif f.condition == DATE_RANGE:
                 names = ("gte", "gt", "lte", "lt")
                 ts = [date_bound(v, f"{where}.date_range.{n}") for v, n in zip(f.bounds, names, strict=True)]

@@ -102,7 +102,9 @@ def build_range(
         if bound is not None and not math.isfinite(bound):
             raise InvalidArgument(f"{what} range bounds must be finite (got {bound!r})", field=field)
     if lower is not None and upper is not None and lower > upper:
-        raise InvalidArgument(f"the {what} range's lower bound {lower!r} is above its upper bound {upper!r}", field=field)
+        raise InvalidArgument(
+            f"the {what} range's lower bound {lower!r} is above its upper bound {upper!r}", field=field
+        )
     return Range(lower, gt is None, upper, lt is None)
 
 

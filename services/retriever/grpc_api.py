@@ -181,7 +181,8 @@ class RetrieverApi(ServiceApi):
 
     def Search(self, request: pb.SearchRequest, ctx: CallContext) -> pb.SearchResponse:
         result = self.core.search(to_search(request))
-        return pb.SearchResponse(hits=[to_hit(h) for h in result.hits], mode=_MODE_ENUM[result.mode], alpha=result.alpha)
+        hits = [to_hit(h) for h in result.hits]
+        return pb.SearchResponse(hits=hits, mode=_MODE_ENUM[result.mode], alpha=result.alpha)
 
 
 API_CLASS = RetrieverApi

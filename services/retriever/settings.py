@@ -12,7 +12,8 @@ from shared.config import ServiceSettings, get_settings
 
 
 class RetrieverSettings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="GENSTACK_RETRIEVER_", extra="ignore")
+    # populate_by_name: weaviate_url has env aliases but can still be passed by name in code
+    model_config = SettingsConfigDict(env_prefix="GENSTACK_RETRIEVER_", extra="ignore", populate_by_name=True)
 
     backend: Literal["embedded", "weaviate"] = Field(
         "embedded", description="Where chunks live: 'embedded' (faiss + SQLite in data_dir) or 'weaviate'"

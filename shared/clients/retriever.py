@@ -54,8 +54,8 @@ class RetrieverClient(ServiceClient):
         """
         timeout = self.settings.default_deadline_s if timeout is None else timeout
         if self.transport == "inproc":
-            from shared.rpc import CallContext
             from services.retriever.settings import RetrieverSettings
+            from shared.rpc import CallContext
 
             api = self._inproc()
             return api.ingest(

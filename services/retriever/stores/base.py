@@ -112,8 +112,8 @@ class Store(ABC):
     def search(self, collection: str, query: StoreQuery) -> list[Candidate]:
         """Candidates best first by the mode's score; NotFound for an unknown collection."""
 
-    def warm_up(self) -> None:
+    def warm_up(self) -> None:  # noqa: B027 - optional hook
         """Connect / open what is needed; raise Unavailable when the backend cannot be reached."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and flush what is worth keeping."""

@@ -27,10 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from services.retriever.filters import ANY_OF, DATE_RANGE, EQUALS, NUMBER_RANGE, MetadataFilter, as_number, as_timestamp
+from services.retriever.filters import ANY_OF, EQUALS, NUMBER_RANGE, MetadataFilter, as_number, as_timestamp
 from services.retriever.ranking import relative_score_fusion
 from services.retriever.stores.base import (
-    HYBRID,
     KEYWORD,
     VECTOR,
     Candidate,
@@ -590,7 +589,8 @@ class EmbeddedStore(Store):
             for r in conn.execute(
                 "SELECT c.id, c.chunk_index, c.text, c.start_offset, c.end_offset, c.section, c.page, "
                 "d.document_id, d.metadata, d.source, d.content_type "
-                f"FROM chunks c JOIN documents d ON d.doc_rowid = c.doc_rowid WHERE c.id IN ({','.join('?' * len(part))})",
+                "FROM chunks c JOIN documents d ON d.doc_rowid = c.doc_rowid "
+                f"WHERE c.id IN ({','.join('?' * len(part))})",
                 part,
             ):
                 rows[r[0]] = r
