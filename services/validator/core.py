@@ -81,7 +81,9 @@ class PlannedCheck:
 class Validator:
     """Runs policies on artifacts. Thread-safe; one instance serves every request of a process."""
 
-    def __init__(self, settings: ValidatorSettings | None = None, embedder=None, registry: PolicyRegistry | None = None):
+    def __init__(
+        self, settings: ValidatorSettings | None = None, embedder=None, registry: PolicyRegistry | None = None
+    ):
         self.settings = settings or get_validator_settings()
         self.registry = registry or PolicyRegistry(self.settings.policies_file)
         self.resources = Resources(self.settings, embedder)
@@ -111,7 +113,9 @@ class Validator:
 
     # -- validation -----------------------------------------------------------------------------
 
-    def plan(self, artifact: Artifact, context: Context, policy: str, checks: list[CheckSpec]) -> tuple[str, list[PlannedCheck]]:
+    def plan(
+        self, artifact: Artifact, context: Context, policy: str, checks: list[CheckSpec]
+    ) -> tuple[str, list[PlannedCheck]]:
         """The checks to run, with parsed parameters; every bad input is raised here, before any work."""
         if artifact.kind not in ("text", "image", "video", "frames"):
             raise InvalidArgument("must set one of text, image, video, frames, ref", field="artifact")

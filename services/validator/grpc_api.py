@@ -103,7 +103,9 @@ class ValidatorApi(ServiceApi):
         )
         return verdict_to_proto(verdict)
 
-    def ListPolicies(self, request: validator_pb2.ListPoliciesRequest, ctx: CallContext) -> validator_pb2.ListPoliciesResponse:
+    def ListPolicies(
+        self, request: validator_pb2.ListPoliciesRequest, ctx: CallContext
+    ) -> validator_pb2.ListPoliciesResponse:
         response = validator_pb2.ListPoliciesResponse(injection_detector=self.core.injection_detector_description())
         for p in self.core.policies():
             response.policies.append(validator_pb2.PolicyInfo(

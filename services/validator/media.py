@@ -283,7 +283,9 @@ def _decode_with_ffmpeg(data: bytes, settings, field: str) -> VideoData:
     if count > settings.max_frames:
         raise ResourceExhausted(f"{field}: more than {settings.max_frames} frames (GENSTACK_VALIDATOR_MAX_FRAMES)")
     frames = np.frombuffer(bytes(raw[: count * frame_bytes]), dtype=np.uint8).reshape(count, height, width, 3)
-    rates = {m.group(3): float(m.group(1)) * (1000.0 if m.group(2) else 1.0) for m in _RATE.finditer(stream.group("rest"))}
+    rates = {
+        m.group(3): float(m.group(1)) * (1000.0 if m.group(2) else 1.0) for m in _RATE.finditer(stream.group("rest"))
+    }
     fps = rates.get("fps") or rates.get("tbr") or 0.0
     fmt = stream.group("rest").split(",")[0].split(" ")[0]
     # Lines after the stream header that report damage: the file decoded only in part.

@@ -11,7 +11,8 @@ from shared.errors import InvalidArgument
 
 SOURCES = [
     Source("eiffel-1", "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. It is "
-               "named after the engineer Gustave Eiffel, whose company designed and built the tower from 1887 to 1889."),
+               "named after the engineer Gustave Eiffel, whose company designed and built the tower from 1887 to "
+               "1889."),
     Source("eiffel-2", "The tower is 330 metres tall, about the same height as an 81-storey building, and the tallest "
                "structure in Paris. It was the tallest man-made structure in the world until the Chrysler Building "
                "in New York was finished in 1930."),

@@ -97,7 +97,8 @@ def test_check_reports_spans_masked_values_and_feedback(validator):
 
 def test_unmasked_and_selected_kinds(validator):
     text = "ada@example.org, +1 415 555 2671"
-    r = validator.validate(Artifact.of_text(text), checks=[CheckSpec("pii", {"kinds": ["email"], "mask": False})]).results[0]
+    spec = CheckSpec("pii", {"kinds": ["email"], "mask": False})
+    r = validator.validate(Artifact.of_text(text), checks=[spec]).results[0]
     assert [(e.kind, e.text) for e in r.evidence] == [("email", "ada@example.org")]
 
 
@@ -109,7 +110,8 @@ def test_sources_and_request_can_be_scanned(validator):
 
 
 def test_clean_text_passes(validator):
-    r = validator.validate(Artifact.of_text("The Eiffel Tower is 330 m tall [1]."), checks=[CheckSpec("pii")]).results[0]
+    text = "The Eiffel Tower is 330 m tall [1]."
+    r = validator.validate(Artifact.of_text(text), checks=[CheckSpec("pii")]).results[0]
     assert r.passed and r.score == 1.0 and not r.evidence
 
 

@@ -45,7 +45,8 @@ class CheckDef:
             ) from None
 
     def default_params(self) -> dict[str, Any]:
-        return self.params().model_dump(mode="json")
+        """Every parameter with its default (required ones such as regex's pattern show as empty)."""
+        return self.params.model_construct().model_dump(mode="json", by_alias=True)
 
 
 def _describe(err: dict) -> str:

@@ -106,8 +106,9 @@ def groundedness(p: GroundednessParams, s: Subject) -> CheckOutcome:
     summary = f"{supported} of {len(sentences)} sentence(s) supported by the {n_sources} source(s)"
     if evidence:
         worst = min(evidence, key=lambda e: e.value)
-        summary += f"; unsupported: {quote(worst.text, 100)} (support {worst.value:.2f} < {p.threshold})" if (
-            worst.kind == "unsupported_sentence") else f"; unsupported: {quote(worst.text, 100)} (number not in sources)"
+        why = f"support {worst.value:.2f} < {p.threshold}" if worst.kind == "unsupported_sentence" else (
+            "number not in sources")
+        summary += f"; unsupported: {quote(worst.text, 100)} ({why})"
         if len(evidence) > 1:
             summary += f" and {len(evidence) - 1} more"
     return CheckOutcome(passed, fraction, summary, evidence, " ".join(feedback) if not passed else "")
@@ -179,4 +180,5 @@ def citations(p: CitationsParams, s: Subject) -> CheckOutcome:
         return CheckOutcome(False, min(score, 0.99), "; ".join(problems), evidence, " ".join(feedback))
     if not markers:
         return CheckOutcome(True, 1.0, "no citations (none required)")
-    return CheckOutcome(True, 1.0, f"{len(markers)} citation(s), all to existing sources ({', '.join(f'[{c}]' for c in sorted(cited))} of {n})")
+    listed = ", ".join(f"[{c}]" for c in sorted(cited))
+    return CheckOutcome(True, 1.0, f"{len(markers)} citation(s), all to existing sources ({listed} of {n})")

@@ -113,7 +113,8 @@ def image_not_black(p: ImageNotBlackParams, s: Subject) -> CheckOutcome:
     black = (px <= p.black_level).all(axis=2)
     fraction = float(black.mean())
     if fraction > p.max_black_fraction or fraction == 1.0:
-        return CheckOutcome(False, 1.0 - fraction, f"{fraction:.1%} of pixels are black (max {p.max_black_fraction:.0%})",
+        return CheckOutcome(False, 1.0 - fraction,
+                            f"{fraction:.1%} of pixels are black (max {p.max_black_fraction:.0%})",
                             [Evidence("black", f"{fraction:.1%} black", "artifact", value=fraction)],
                             "The image is all black: regenerate it (another seed; check that no safety filter or "
                             "numerical failure blanked it).")

@@ -121,7 +121,9 @@ def video_coherence(p: VideoCoherenceParams, s: Subject) -> CheckOutcome:
                          int(i), int(i) + 1, float(values[i])) for i in worst]
     low_pairs = [] if p.min_pair_ssim is None else [int(i) for i in np.nonzero(values < p.min_pair_ssim)[0]]
     score = float(np.clip((mean + 1) / 2 if mean < 0 else mean, 0, 1))
-    summary = f"mean SSIM {mean:.3f} over {values.size} pair(s), lowest {values.min():.3f} (frames {int(worst[0])}-{int(worst[0]) + 1})"
+    lowest = int(worst[0])
+    summary = (f"mean SSIM {mean:.3f} over {values.size} pair(s), lowest {values.min():.3f} "
+               f"(frames {lowest}-{lowest + 1})")
     if mean < p.min_mean_ssim or low_pairs:
         reasons = []
         if mean < p.min_mean_ssim:
@@ -152,7 +154,8 @@ def video_flicker(p: VideoFlickerParams, s: Subject) -> CheckOutcome:
     evidence = [Evidence("flicker", f"brightness jump {series[worst]:.3f} around frame {worst + 1}",
                          f"frames {worst}-{worst + 2}", worst, worst + 2, float(series[worst]))]
     score = float(max(0.0, 1.0 - mean / (2 * p.max_flicker))) if p.max_flicker > 0 else float(mean == 0)
-    summary = f"flicker {mean:.4f} (max allowed {p.max_flicker}), strongest around frame {worst + 1} ({series[worst]:.3f})"
+    summary = (f"flicker {mean:.4f} (max allowed {p.max_flicker}), strongest around frame {worst + 1} "
+               f"({series[worst]:.3f})")
     if mean > p.max_flicker:
         return CheckOutcome(False, score, summary, evidence,
                             f"The brightness flickers from frame to frame (mean jump {mean:.3f} > {p.max_flicker}, "
