@@ -1,0 +1,102 @@
+"""`genstack ingest`, `genstack search` and `genstack collections`, run in-process (inproc transport,
+the session's temporary data folder)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from genstack.retriever.v1 import retriever_pb2 as pb
+from services.retriever.cli import find_files, parse_where
+from shared.cli import main
+from tests.conftest import _data
+from tests.unit.test_retriever_parsing import make_pdf
+
+
+@pytest.fixture
+def folder(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / ".git").mkdir()
+    (tmp_path / "kettle.md").write_text("# Kettle\n\nDescale the kettle with vinegar once a month.\n")
+    (tmp_path / "sub" / "bike.txt").write_text("Bicycle chains need oil every few hundred kilometres.")
+    (tmp_path / "sub" / "garden.html").write_text("<h1>Garden</h1><p>Water the tomatoes early in the morning.</p>")
+    (tmp_path / "sub" / "moon.pdf").write_bytes(make_pdf([["The Moon orbits the Earth every 27 days."]]))
+    (tmp_path / "photo.png").write_bytes(b"\x89PNG not a document")
+    (tmp_path / ".git" / "config.txt").write_text("hidden files are not ingested")
+    return tmp_path
+
+
+def test_find_files_picks_supported_types_and_skips_hidden(folder):
+    files, skipped = find_files([folder, folder / "kettle.md"])
+    assert sorted(f.path.name for f in files) == ["bike.txt", "garden.html", "kettle.md", "moon.pdf"]
+    assert [p.name for p in skipped] == ["photo.png"]
+    assert {f.content_type for f in files} == {"text/plain", "text/markdown", "text/html", "application/pdf"}
+
+
+def test_ingest_with_progress_then_search_prints_scores_and_sources(folder, capsys, monkeypatch):
+    monkeypatch.chdir(folder)
+    assert main(["ingest", ".", "-c", "cli_home", "--meta", "owner=me", "--progress", "--batch", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert "ingested 4 files as 4 chunks into 'cli_home'; 1 files of other types skipped" in out
+    assert "ingest → cli_home" in err and "4/4" in err and "100%" in err  # the progress bar
+
+    assert main(["search", "how do I clean a kettle", "-c", "cli_home", "-k", "2"]) == 0
+    out, _ = capsys.readouterr()
+    first = out.splitlines()[0]
+    assert first.startswith("1. kettle.md [chars 0-") and "score " in first and "vector " in first
+    assert "keyword " in first and "§ Kettle" in out and "Descale the kettle" in out
+
+    assert main(["search", "moon orbit", "-c", "cli_home", "--mode", "keyword", "--where", "owner=me",
+                 "--where", "extension:in=pdf,txt", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["hits"][0]["source"] == "sub/moon.pdf" and doc["hits"][0]["page"] == 1
+    assert doc["hits"][0]["metadata"]["owner"] == "me" and doc["mode"] == "SEARCH_MODE_KEYWORD"
+
+    assert main(["collections"]) == 0
+    assert any(line.startswith("cli_home\t4 documents\t4 chunks") for line in capsys.readouterr().out.splitlines())
+
+    # re-ingesting the same files replaces their chunks
+    assert main(["ingest", ".", "-c", "cli_home"]) == 0
+    capsys.readouterr()
+    assert main(["collections", "--json"]) == 0
+    (coll,) = [c for c in json.loads(capsys.readouterr().out)["collections"] if c["name"] == "cli_home"]
+    assert (coll["documentCount"], coll["chunkCount"]) == ("4", "4")
+
+
+def test_a_refused_file_stops_the_ingest_and_says_what_was_written(folder, capsys, monkeypatch):
+    monkeypatch.chdir(folder)
+    (folder / "sub" / "broken.pdf").write_bytes(b"%PDF-1.4 this is not a pdf")
+    code = main(["ingest", ".", "-c", "cli_bad", "--batch", "10"])
+    _, err = capsys.readouterr()
+    assert code == 2
+    assert "(sub/broken.pdf)" in err and "documents[2].data" in err and "not a readable PDF" in err
+    assert "written before the error: 0 files, 0 chunks" in err
+    assert main(["collections"]) == 0
+    assert "cli_bad" not in capsys.readouterr().out
+
+    assert main(["ingest", ".", "-c", "cli_bad", "--keep-going"]) == 3
+    out, err = capsys.readouterr()
+    assert "ingested 4 files as 4 chunks" in out and "refused sub/broken.pdf" in err
+
+
+def test_search_errors_are_reported_with_their_status(capsys):
+    assert main(["search", "anything", "-c", "no_such_collection"]) == 2
+    assert "error (NOT_FOUND): collection 'no_such_collection' does not exist" in capsys.readouterr().err
+    assert main(["search", "anything", "-c", "Bad-Name"]) == 2
+    assert "error (INVALID_ARGUMENT): collection:" in capsys.readouterr().err
+
+
+def test_where_conditions():
+    assert parse_where("lang=en", pb) == pb.MetadataFilter(key="lang", equals="en")
+    assert parse_where("lang:in=en, de", pb).any_of.values == ["en", "de"]
+    assert parse_where("year>=2020", pb) == pb.MetadataFilter(key="year", number_range=pb.NumberRange(gte=2020))
+    assert parse_where("when<2024-05-01", pb) == pb.MetadataFilter(key="when", date_range=pb.DateRange(lt="2024-05-01"))
+    with pytest.raises(SystemExit):
+        parse_where("no operator", pb)
+
+
+def test_the_session_uses_a_temporary_data_folder():
+    from services.retriever.settings import RetrieverSettings
+
+    assert str(RetrieverSettings().store_path()).startswith(_data)
