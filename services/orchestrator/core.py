@@ -1,0 +1,197 @@
+"""Orchestrator core: validates submissions, stores jobs, runs them on a thread pool, serves
+records and events."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+from google.protobuf import json_format
+
+from genstack.orchestrator.v1 import orchestrator_pb2 as opb
+from services.orchestrator.pipelines import load_pipelines, pick
+from services.orchestrator.runner import JobRun, now_iso
+from services.orchestrator.settings import OrchestratorSettings
+from services.orchestrator.store import JobStore, MemoryJobStore, RedisJobStore, iter_events
+from shared.config import Settings, get_settings
+from shared.errors import InvalidArgument, NotFound, require
+
+log = logging.getLogger(__name__)
+
+KINDS = ("answer", "generate", "ingest")
+MAX_KEY_CHARS = 128
+MAX_QUESTION_CHARS = 4000
+
+
+class OrchestratorCore:
+    def __init__(self, settings: OrchestratorSettings | None = None, base: Settings | None = None,
+                 store: JobStore | None = None):
+        self.settings = settings or OrchestratorSettings()
+        self.base = base or get_settings()
+        self.pipelines = load_pipelines(self.settings.pipelines_file)
+        self.store = store or self._make_store()
+        self._pool = ThreadPoolExecutor(self.settings.max_concurrent_jobs, thread_name_prefix="job")
+        self._clients: dict[tuple[str, str], object] = {}
+        self._lock = threading.Lock()
+
+    def _make_store(self) -> JobStore:
+        kind = self.settings.store
+        if kind == "auto":
+            transports = {self.base.transport, *self.settings.step_transports.values()}
+            kind = "memory" if transports == {"inproc"} else "redis"
+        return MemoryJobStore() if kind == "memory" else RedisJobStore(self.base.redis_url, self.settings.retention_s)
+
+    def warm_up(self) -> None:
+        from services.orchestrator.context import count_tokens
+
+        count_tokens("warm up the tokenizer")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- clients ---------------------------------------------------------------------------------
+
+    def transport_for(self, step: str) -> str:
+        return self.settings.step_transports.get(step, self.base.transport)
+
+    def client(self, service: str, transport: str):
+        key = (service, transport)
+        with self._lock:
+            if key not in self._clients:
+                if service == "retriever":
+                    from shared.clients.retriever import RetrieverClient as C
+                elif service == "generator":
+                    from shared.clients.generator import GeneratorClient as C
+                elif service == "validator":
+                    from shared.clients.validator import ValidatorClient as C
+                else:  # pragma: no cover - pipelines only name these
+                    raise InvalidArgument(f"no client for service {service!r}", field="pipeline")
+                self._clients[key] = C(transport)
+            return self._clients[key]
+
+    # -- submission ------------------------------------------------------------------------------
+
+    def check(self, request: opb.SubmitJobRequest) -> tuple[str, str, float]:
+        kind = request.WhichOneof("input")
+        if kind is None:
+            raise InvalidArgument(f"one of {', '.join(KINDS)} is required", field="input")
+        require(len(request.idempotency_key) <= MAX_KEY_CHARS, "idempotency_key",
+                f"at most {MAX_KEY_CHARS} characters", len(request.idempotency_key))
+        require(0 <= request.deadline_s <= self.settings.max_deadline_s, "deadline_s",
+                f"between 0 and {self.settings.max_deadline_s:g} seconds (0 = default)", request.deadline_s)
+        if kind == "answer":
+            a = request.answer
+            require(bool(a.question.strip()), "answer.question", "a non-empty question")
+            require(len(a.question) <= MAX_QUESTION_CHARS, "answer.question",
+                    f"at most {MAX_QUESTION_CHARS} characters", len(a.question))
+            if a.HasField("top_k"):
+                require(1 <= a.top_k <= 50, "answer.top_k", "between 1 and 50", a.top_k)
+            if a.HasField("max_retries"):
+                require(0 <= a.max_retries <= 5, "answer.max_retries", "between 0 and 5", a.max_retries)
+            if a.HasField("alpha"):
+                require(0 <= a.alpha <= 1, "answer.alpha", "in [0, 1]", a.alpha)
+        elif kind == "generate":
+            g = request.generate
+            require(bool(g.prompt) or bool(g.messages), "generate.prompt", "a prompt or messages")
+        elif kind == "ingest":
+            require(bool(request.ingest.documents), "ingest.documents", "at least one document")
+        name, _ = pick(self.pipelines, request.pipeline, kind)
+        return kind, name, request.deadline_s or self.settings.default_deadline_s
+
+    def create(self, request: opb.SubmitJobRequest) -> tuple[opb.Job, bool]:
+        kind, pipeline, _ = self.check(request)
+        job = opb.Job(job_id=uuid.uuid4().hex, kind=kind, state=opb.JOB_STATE_QUEUED, pipeline=pipeline,
+                      created_at=now_iso(), updated_at=now_iso(), request=request)
+        job_id, created = self.store.create(job.job_id, json_format.MessageToDict(job), kind, job.state,
+                                            request.idempotency_key)
+        if not created:
+            return self.get(job_id), False
+        job.last_event_id = self.store.append_event(job_id, "job.queued", "", {"kind": kind, "pipeline": pipeline},
+                                                    job.state)
+        return job, True
+
+    def run(self, job: opb.Job) -> opb.Job:
+        _, _, deadline = self.check(job.request)
+        return JobRun(self, job, self.pipelines[job.pipeline], deadline).run()
+
+    def submit(self, request: opb.SubmitJobRequest) -> tuple[opb.Job, bool]:
+        job, created = self.create(request)
+        if created:
+            self._pool.submit(self._run_logged, job)
+        return job, created
+
+    def _run_logged(self, job: opb.Job) -> None:
+        try:
+            self.run(job)
+        except Exception:  # noqa: BLE001 - JobRun records failures; this guards the pool thread
+            log.exception("job runner crashed")
+
+    # -- queries ---------------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> opb.Job:
+        require(bool(job_id), "job_id", "a job id")
+        record = self.store.load(job_id)
+        if record is None:
+            raise NotFound(f"no job with id {job_id!r}")
+        return json_format.ParseDict(record, opb.Job(), ignore_unknown_fields=True)
+
+    def watch(self, job_id: str, after_event_id: str, stop):
+        self.get(job_id)  # NOT_FOUND before streaming anything
+        for e in iter_events(self.store, job_id, after_event_id, stop):
+            yield opb.JobEvent(event_id=e.event_id, job_id=job_id, type=e.type, step=e.step,
+                               data_json=json.dumps(e.data), time=_iso(e.time), state=e.state)
+
+    def cancel(self, job_id: str) -> tuple[int, bool]:
+        job = self.get(job_id)
+        if job.state in (opb.JOB_STATE_SUCCEEDED, opb.JOB_STATE_FAILED, opb.JOB_STATE_CANCELLED):
+            return job.state, False
+        self.store.request_cancel(job_id)
+        if job.state == opb.JOB_STATE_QUEUED:
+            return opb.JOB_STATE_CANCELLED, True
+        return job.state, True
+
+    def list(self, states: list[int], kinds: list[str], page_size: int, page_token: str) -> tuple[list[opb.Job], str]:
+        require(0 <= page_size <= 200, "page_size", "between 1 and 200 (0 = 50)", page_size)
+        for k in kinds:
+            require(k in KINDS, "kinds", f"kinds from {', '.join(KINDS)}", k)
+        size = page_size or 50
+        try:
+            offset = int(base64.urlsafe_b64decode(page_token.encode()).decode()) if page_token else 0
+        except ValueError:
+            raise InvalidArgument("not a token from a previous response", field="page_token") from None
+        out: list[opb.Job] = []
+        scan = offset
+        while len(out) < size:
+            ids = self.store.list_ids(scan, 200)
+            if not ids:
+                scan = -1
+                break
+            for i, job_id in enumerate(ids):
+                record = self.store.load(job_id)
+                scan_pos = scan + i + 1
+                if record is None:
+                    continue
+                job = json_format.ParseDict(record, opb.Job(), ignore_unknown_fields=True)
+                if (states and job.state not in states) or (kinds and job.kind not in kinds):
+                    continue
+                for st in job.steps:  # a listing carries summaries, not payloads
+                    st.input_json = st.output_json = ""
+                out.append(job)
+                if len(out) == size:
+                    scan = scan_pos
+                    break
+            else:
+                scan += len(ids)
+        more = scan >= 0 and bool(self.store.list_ids(scan, 1))
+        token = base64.urlsafe_b64encode(str(scan).encode()).decode() if more else ""
+        return out, token
+
+
+def _iso(ts: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
