@@ -21,7 +21,7 @@ from google.protobuf import json_format
 from genstack.retriever.v1 import retriever_pb2 as pb
 from services.retriever.grpc_api import API_CLASS
 from services.retriever.settings import RetrieverSettings
-from shared.celery_app import TaskCallContext, _with_retry, make_celery, register_tasks
+from shared.celery_app import TaskCallContext, make_celery, register_tasks, with_retry
 from shared.client import inproc_api
 from shared.config import get_settings
 from shared.errors import GenstackError, InvalidArgument
@@ -64,4 +64,4 @@ def _ingest(self, payload: dict | None = None, deadline_s: float | None = None) 
     return json_format.MessageToDict(response)
 
 
-ingest = app.task(name=INGEST_TASK, bind=True, throws=(GenstackError,))(_with_retry(_ingest))
+ingest = app.task(name=INGEST_TASK, bind=True, throws=(GenstackError,))(with_retry(_ingest))
