@@ -117,7 +117,8 @@ def build_request(args: argparse.Namespace):
     return request
 
 
-def print_verdict(v, out=sys.stdout) -> None:
+def print_verdict(v, out=None) -> None:
+    out = out or sys.stdout
     mark = {True: "PASS", False: "FAIL"}
     print(f"{mark[v.passed]}  policy {v.policy}  score {v.score:.2f}  ({v.duration_ms:.0f} ms)", file=out)
     for r in v.results:

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -44,6 +45,10 @@ class Resources:
         self._embedder = embedder
         self._detectors: dict[str, InjectionDetector] = {}
         self._lock = threading.Lock()
+        # Sentence vectors by text. A validate-and-retry loop re-sends the same sources with each new
+        # answer, so after the first attempt only the answer's sentences need the model.
+        self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._vectors_lock = threading.Lock()
 
     @property
     def embedder(self):
@@ -54,7 +59,25 @@ class Resources:
         return self._embedder
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        return self.embedder.encode(texts)
+        """Unit-length vectors of `texts` (rows in order), computing only those not cached."""
+        limit = self.settings.embedding_cache_size
+        with self._vectors_lock:
+            cached = {t: self._vectors[t] for t in texts if t in self._vectors}
+            for t in cached:
+                self._vectors.move_to_end(t)
+        missing = list(dict.fromkeys(t for t in texts if t not in cached))
+        if missing:
+            fresh = self.embedder.encode(missing)
+            cached.update(zip(missing, fresh, strict=True))
+            if limit > 0:
+                with self._vectors_lock:
+                    for t, v in zip(missing, fresh, strict=True):
+                        self._vectors[t] = v
+                    while len(self._vectors) > limit:
+                        self._vectors.popitem(last=False)
+        if not texts:
+            return np.zeros((0, self.embedder.dimension), dtype=np.float32)
+        return np.stack([cached[t] for t in texts])
 
     def count_tokens(self, text: str) -> int:
         """Tokens of the embedding model's tokenizer, without special tokens and without truncation."""

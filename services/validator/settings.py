@@ -27,6 +27,11 @@ class ValidatorSettings(ServiceSettings):
     warm_up_models: bool = Field(
         True, description="Load the embedding model and the injection classifier at warm-up instead of on first use"
     )
+    embedding_cache_size: int = Field(
+        4096,
+        description="Sentence vectors kept in memory (LRU) so that sources re-sent in a retry loop are embedded "
+        "once; 0 turns the cache off",
+    )
     max_payload_bytes: int = Field(
         8 * 1024 * 1024,
         description="Largest artifact plus context (text, bytes, frames, sources) accepted; larger: RESOURCE_EXHAUSTED",

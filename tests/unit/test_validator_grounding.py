@@ -135,3 +135,36 @@ def test_every_sentence_mode_reports_uncited_sentences(validator):
     assert not r.passed
     assert [(e.kind, e.text) for e in r.evidence] == [("uncited_sentence", "It is 330 metres tall.")]
     assert "Add a citation [n] to the sentence 'It is 330 metres tall.'" in r.feedback
+
+
+class CountingEmbedder:
+    """The real embedder, counting the texts it is asked to encode."""
+
+    def __init__(self):
+        from shared.embeddings import get_embedder
+
+        self.inner = get_embedder()
+        self.encoded: list[str] = []
+
+    def encode(self, texts):
+        self.encoded.extend(texts)
+        return self.inner.encode(texts)
+
+    @property
+    def dimension(self):
+        return self.inner.dimension
+
+
+def test_sources_are_embedded_once_across_a_retry_loop():
+    embedder = CountingEmbedder()
+    v = Validator(ValidatorSettings(warm_up_models=False), embedder=embedder)
+    first = check(v, "groundedness", GROUNDED + " " + INVENTED)
+    n_first = len(embedder.encoded)
+    assert n_first > 4 + len(SOURCES)  # the answer's sentences plus every source sentence and chunk
+    retry = check(v, "groundedness", GROUNDED)  # the retry drops the invented sentence
+    assert embedder.encoded[n_first:] == []  # every sentence and source already has a vector
+    assert not first.passed and retry.passed
+    reworded = check(v, "groundedness", GROUNDED.replace("stands on", "is on"))
+    assert len(embedder.encoded) == n_first + 1 and reworded.passed  # only the changed sentence is new
+    uncached = Validator(ValidatorSettings(warm_up_models=False, embedding_cache_size=0))
+    assert check(uncached, "groundedness", GROUNDED + " " + INVENTED).evidence == first.evidence
