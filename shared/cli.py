@@ -77,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         from shared.logging import setup_logging
 
         setup_logging("cli", "WARNING" if get_settings().log_level == "INFO" else get_settings().log_level, False)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # keep the terminal for answers, not weight-loading bars
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -1,6 +1,8 @@
 """`genstack demo` / `make demo`: the main job on the embedded defaults, offline.
 
-For now: a streamed generation with the default model, through the inproc transport.
+Ingests the project's own documentation into the embedded store, then answers a question about
+genstack with cited sources: retrieve, build context, generate (streamed), validate, retry.
+Everything runs in this process over the inproc transport.
 """
 
 from __future__ import annotations
@@ -8,30 +10,43 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+COLLECTION = "genstack_docs"
+QUESTION = "Which transports can a genstack client use to call a service?"
+
+
+def project_docs() -> list[Path]:
+    docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    return [p for p in docs if p.is_file()]
 
 
 def main(args: argparse.Namespace) -> int:
-    from genstack.generator.v1 import generator_pb2 as pb
-    from shared.clients.generator import GeneratorClient
+    from genstack.orchestrator.v1 import orchestrator_pb2 as pb
+    from genstack.retriever.v1 import retriever_pb2 as rpb
+    from services.orchestrator.cli import follow, run_answer
+    from shared.clients.orchestrator import OrchestratorClient
 
-    question = "In two sentences: why do retrieval-augmented generation systems cite their sources?"
-    print(f"genstack demo (embedded, offline)\n> {question}\n", flush=True)
     started = time.perf_counter()
-    with GeneratorClient("inproc") as client:
-        request = pb.GenerateStreamRequest(
-            model=args.model or "",
-            messages=[pb.ChatMessage(role="user", content=question)],
-            sampling=pb.SamplingParams(max_new_tokens=96, temperature=0.3, seed=7),
-        )
-        final = None
-        for msg in client.generate_stream(request):
-            sys.stdout.write(msg.delta)
-            sys.stdout.flush()
-            final = msg
-    s = final.stats
-    print(
-        f"\n\n[{final.model}: {s.completion_tokens} tokens at {s.tokens_per_second:.1f} tok/s, "
-        f"first token after {s.time_to_first_token_ms:.0f} ms; total {time.perf_counter() - started:.1f} s "
-        "including model load]"
-    )
-    return 0
+    print("genstack demo: embedded, offline\n", flush=True)
+    docs = [
+        rpb.Document(id=str(p.relative_to(ROOT)), text=p.read_text(), content_type="text/markdown",
+                     source=str(p.relative_to(ROOT)))
+        for p in project_docs()
+    ]
+    with OrchestratorClient("inproc") as client:
+        job = client.submit_job(pb.SubmitJobRequest(ingest=rpb.IngestDocumentsRequest(collection=COLLECTION,
+                                                                                      documents=docs)))
+        for _ in follow(client, job.job_id):
+            pass
+        ingested = client.get_job(job.job_id)
+        if ingested.state != pb.JOB_STATE_SUCCEEDED:
+            print(f"ingest failed: {ingested.error}", file=sys.stderr)
+            return 1
+        print(f"ingested {len(docs)} documents ({ingested.ingest.chunks_written} chunks) into '{COLLECTION}'\n")
+        print(f"> {QUESTION}\n", flush=True)
+        answer = pb.AnswerInput(question=QUESTION, collection=COLLECTION, models=[args.model] if args.model else [])
+        record = run_answer(client, pb.SubmitJobRequest(answer=answer))
+    print(f"\n[demo finished in {time.perf_counter() - started:.1f} s, model loading included]")
+    return 0 if record.state == pb.JOB_STATE_SUCCEEDED else 1

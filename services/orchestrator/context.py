@@ -14,8 +14,8 @@ SYSTEM_PROMPT = (
     "End each sentence with the number of the source it comes from in square brackets. Never cite a number "
     f"that is not listed. If the sources do not contain the answer, reply exactly: {NOT_IN_SOURCES}\n\n"
     "Example.\nSources:\n[1] The Nile flows north through eleven countries into the Mediterranean Sea.\n"
-    "[2] Mount Kilimanjaro is the highest mountain in Africa.\nQuestion: Where does the Nile end?\n"
-    "Answer: The Nile flows into the Mediterranean Sea [1]."
+    "[2] Mount Kilimanjaro is the highest mountain in Africa.\nUsing the sources, answer: Where does the Nile end?\n"
+    "The Nile ends in the Mediterranean Sea, which it flows into [1]."
 )
 
 
@@ -77,17 +77,19 @@ def render_sources(chunks: list[Chunk]) -> str:
 
 
 def answer_messages(question: str, chunks: list[Chunk]) -> list[tuple[str, str]]:
-    user = f"Sources:\n{render_sources(chunks)}\nQuestion: {question}\nAnswer:"
+    user = f"Sources:\n{render_sources(chunks)}\nUsing the sources, answer: {question}"
     return [("system", SYSTEM_PROMPT), ("user", user)]
 
 
-def retry_messages(messages: list[tuple[str, str]], answer: str, feedback: str) -> list[tuple[str, str]]:
-    return [
-        *messages,
-        ("assistant", answer),
-        ("user", f"Your answer was rejected by a reviewer: {feedback}\nWrite a corrected answer that uses only the "
-                 "numbered sources and cites them like [1]."),
-    ]
+def retry_messages(question: str, chunks: list[Chunk], answer: str, feedback: str) -> list[tuple[str, str]]:
+    """A fresh prompt with the rejected answer and the reviewer's feedback (small models follow a
+    single instruction better than a multi-turn correction)."""
+    user = (
+        f"Sources:\n{render_sources(chunks)}\nUsing the sources, answer: {question}\n\n"
+        f"An earlier answer was rejected: \"{answer.strip()[:600]}\"\nReviewer's feedback: {feedback.strip()}\n"
+        "Write a corrected answer in one or two sentences, ending each sentence with its source number like [1]."
+    )
+    return [("system", SYSTEM_PROMPT), ("user", user)]
 
 
 def is_refusal(answer: str) -> bool:

@@ -104,7 +104,7 @@ def generate_answer(run, params: dict) -> None:
     model = models[min(attempt - 1, len(models) - 1)]
     messages = run.state["messages"]
     if attempt > 1 and run.state.get("feedback"):
-        messages = ctxmod.retry_messages(run.state["messages"], run.state["answer"], run.state["feedback"])
+        messages = ctxmod.retry_messages(a.question, run.state["sources"], run.state["answer"], run.state["feedback"])
     if not run.state["sources"]:
         with run.step("generate_answer", "", {"reason": "no sources retrieved"}, attempt=attempt) as rec:
             rec.status = "skipped"
