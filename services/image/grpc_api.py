@@ -1,0 +1,158 @@
+"""Image API: protobuf <-> core. Used by the gRPC servicer, the Celery tasks and inproc."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+
+import shared  # noqa: F401 - puts the generated stubs on sys.path
+from genstack.common.v1 import common_pb2
+from genstack.image.v1 import image_pb2 as pb
+from genstack.image.v1 import image_pb2_grpc as pb_grpc
+from services.image.core import ImageCore, ImageRequest, ImageResult, Progress
+from shared.errors import Cancelled, InvalidArgument
+from shared.rpc import CallContext, ServiceApi
+
+_SCHEDULER_TO_CORE = {
+    pb.SCHEDULER_UNSPECIFIED: None,
+    pb.SCHEDULER_DDIM: "ddim",
+    pb.SCHEDULER_DPM_SOLVER_PP: "dpm-solver++",
+    pb.SCHEDULER_EULER: "euler",
+}
+_SCHEDULER_TO_PB = {v: k for k, v in _SCHEDULER_TO_CORE.items() if v}
+_OUTPUT_TO_CORE = {
+    pb.OUTPUT_MODE_UNSPECIFIED: "auto",
+    pb.OUTPUT_MODE_INLINE: "inline",
+    pb.OUTPUT_MODE_ARTIFACT: "artifact",
+}
+
+
+def to_core(request: pb.GenerateImageRequest, preview_every: int = 0, preview_size: int = 0) -> ImageRequest:
+    opt = lambda name: getattr(request, name) if request.HasField(name) else None  # noqa: E731 - proto3 optional
+    if request.scheduler not in _SCHEDULER_TO_CORE:
+        raise InvalidArgument(
+            f"must be one of {', '.join(pb.Scheduler.keys()[1:])} (got {request.scheduler})", field="scheduler"
+        )
+    if request.output not in _OUTPUT_TO_CORE:
+        raise InvalidArgument(f"must be one of {', '.join(pb.OutputMode.keys())} (got {request.output})",
+                              field="output")
+    return ImageRequest(
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt,
+        steps=opt("steps"),
+        guidance_scale=opt("guidance_scale"),
+        seed=opt("seed"),
+        width=opt("width"),
+        height=opt("height"),
+        num_images=opt("num_images"),
+        scheduler=_SCHEDULER_TO_CORE[request.scheduler],
+        output=_OUTPUT_TO_CORE[request.output],
+        preview_every=preview_every,
+        preview_size=preview_size or None,
+    )
+
+
+def to_proto(result: ImageResult) -> pb.GenerateImageResponse:
+    images = []
+    for img in result.images:
+        out = pb.GeneratedImage(seed=img.seed, width=img.width, height=img.height)
+        if img.artifact is not None:
+            out.artifact.CopyFrom(img.artifact.to_proto())
+        else:
+            out.png = img.png
+        images.append(out)
+    meta = pb.GenerationMetadata(
+        model=result.model,
+        scheduler=_SCHEDULER_TO_PB[result.scheduler],
+        steps=result.steps,
+        guidance_scale=result.guidance_scale,
+        seed=result.seed,
+        width=result.width,
+        height=result.height,
+        timings=[common_pb2.Timing(name=k, duration_ms=v) for k, v in result.timings.items()],
+        seconds_per_image=result.seconds_per_image,
+        steps_per_second=result.steps_per_second,
+    )
+    return pb.GenerateImageResponse(images=images, metadata=meta)
+
+
+def _progress(p: Progress) -> pb.GenerateImageStreamResponse:
+    return pb.GenerateImageStreamResponse(
+        progress=pb.StepProgress(step=p.step, total_steps=p.total, elapsed_ms=p.elapsed_ms, previews=p.previews)
+    )
+
+
+def _stopped(ctx: CallContext):
+    return lambda: ctx.cancelled() or ctx.expired()
+
+
+_DONE = object()
+
+
+class ImageApi(ServiceApi):
+    service = "image"
+    descriptor = pb.DESCRIPTOR.services_by_name["ImageService"]
+    servicer_base = pb_grpc.ImageServiceServicer
+    add_to_server = staticmethod(pb_grpc.add_ImageServiceServicer_to_server)
+
+    def __init__(self, core: ImageCore):
+        self.core = core
+
+    def warm_up(self) -> None:
+        self.core.warm_up()
+
+    def close(self) -> None:
+        self.core.close()
+
+    def GenerateImage(self, request: pb.GenerateImageRequest, ctx: CallContext) -> pb.GenerateImageResponse:
+        try:
+            result = self.core.generate(to_core(request), _stopped(ctx))
+        except Cancelled:
+            ctx.check()  # a passed deadline reads DEADLINE_EXCEEDED, a cancelled call CANCELLED
+            raise
+        return to_proto(result)
+
+    def GenerateImageStream(
+        self, request: pb.GenerateImageStreamRequest, ctx: CallContext
+    ) -> Iterator[pb.GenerateImageStreamResponse]:
+        core_request = to_core(request.request, request.preview_every, request.preview_size)
+        self.core.resolve(core_request)  # bad input fails before any event is sent
+        events: queue.Queue = queue.Queue()
+        consumer_gone = threading.Event()
+        stopped = _stopped(ctx)
+
+        def work():
+            try:
+                result = self.core.generate(
+                    core_request, lambda: consumer_gone.is_set() or stopped(), lambda p: events.put(_progress(p))
+                )
+                events.put(pb.GenerateImageStreamResponse(result=to_proto(result)))
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer's thread
+                events.put(exc)
+            finally:
+                events.put(_DONE)
+
+        # Denoising runs on its own thread so that a consumer that stops reading (or a cancel)
+        # is noticed at the next step rather than when the whole run is over.
+        worker = threading.Thread(target=work, name="image-stream", daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = events.get()
+                if item is _DONE:
+                    return
+                if isinstance(item, BaseException):
+                    if isinstance(item, Cancelled):
+                        ctx.check()
+                    raise item
+                yield item
+        finally:
+            consumer_gone.set()
+
+
+API_CLASS = ImageApi
+
+
+def create_api() -> ImageApi:
+    return ImageApi(ImageCore())

@@ -1,0 +1,250 @@
+"""Train the default image model: a small pixel-space UNet on procedural scenes, MiniLM-conditioned.
+
+    python -m services.image.train --out models/image            (what `make train-image` runs)
+
+Design (measured on 2 CPU threads before this script was written; see models/image/README.md):
+32x32 RGB scenes from services.image.scenes; prompts encoded once by MiniLM into 16 token states
+(padding zeroed, masked in cross-attention) and pooled into the time embedding by diffusers'
+addition_embed_type="text"; 10% empty prompts so classifier-free guidance works; v-prediction,
+min-SNR loss weighting (gamma 5), cosine noise schedule, AdamW, EMA of the weights, bf16 autocast.
+Every run with the same arguments draws the same batches (seeded), and the result is written as
+a standard diffusers folder that `DiffusionPipeline.from_pretrained` loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger("services.image.train")
+
+UNET_CONFIG = dict(
+    sample_size=32,
+    in_channels=3,
+    out_channels=3,
+    block_out_channels=(32, 64, 64),
+    layers_per_block=1,
+    down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+    cross_attention_dim=384,
+    attention_head_dim=8,
+    addition_embed_type="text",
+)
+SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction")
+
+
+def build_pipeline(unet=None, text_encoder=None, tokenizer=None):
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+
+    from services.image import scenes
+    from services.image.pipeline import GenstackPixelPipeline
+
+    unet = unet or UNet2DConditionModel(**UNET_CONFIG)
+    scheduler = DDIMScheduler(**SCHEDULE, clip_sample=False, set_alpha_to_one=False, timestep_spacing="trailing")
+    return GenstackPixelPipeline(
+        unet=unet,
+        scheduler=scheduler,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        prompt_aliases=scenes.PROMPT_ALIASES,
+    )
+
+
+def encode_bank(pipe, prompts: list[str], batch: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    states, masks = [], []
+    for i in range(0, len(prompts), batch):
+        s, m = pipe.encode_prompt(prompts[i : i + batch], device="cpu")
+        states.append(s.float())
+        masks.append(m)
+    return torch.cat(states), torch.cat(masks)
+
+
+@torch.no_grad()
+def quick_eval(pipe, n: int, steps: int = 20, guidance: float = 1.5, seed: int = 0) -> dict[str, float]:
+    """Share of held-out prompts (unseen wording) whose image shows each attribute right."""
+    from services.image import scenes
+
+    items = scenes.eval_prompts(n)
+    images = pipe(
+        [p for p, _, _ in items],
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="np",
+    ).images
+    hits = {"colour": 0, "background": 0, "shape": 0, "all": 0}
+    for img, (_, want, _) in zip(images, items, strict=True):
+        got = scenes.check((img * 255).round().astype(np.uint8))
+        if got is None:
+            continue
+        hits["colour"] += got.colour == want.colour
+        hits["background"] += got.background == want.background
+        hits["shape"] += got.shape == want.shape
+        hits["all"] += got == want
+    return {k: v / len(items) for k, v in hits.items()}
+
+
+def train(args) -> None:
+    from diffusers import DDPMScheduler
+
+    from services.image import scenes
+
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    state_path = Path(args.state)
+    state_path.parent.mkdir(parents=True, exist_ok=True)
+
+    pipe = build_pipeline()
+    unet = pipe.unet
+    noise_sched = DDPMScheduler(**SCHEDULE)
+    alphas = noise_sched.alphas_cumprod
+    snr = alphas / (1 - alphas)
+    weights = torch.clamp(snr, max=args.snr_gamma) / (snr + 1)  # min-SNR for v-prediction
+
+    train_scenes, _ = scenes.split_scenes()
+    n_t = len(scenes.TRAIN_TEMPLATES)
+    prompts = [scenes.train_prompt(s, t) for s in train_scenes for t in range(n_t)] + [""]
+    t0 = time.time()
+    bank, bank_mask = encode_bank(pipe, prompts)
+    log.info("encoded %d prompts in %.1fs", len(prompts), time.time() - t0)
+    empty = len(prompts) - 1
+
+    ema = copy.deepcopy(unet).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=1e-2)
+    step = 0
+    if args.resume and state_path.exists():
+        state = torch.load(state_path, weights_only=True)
+        unet.load_state_dict(state["unet"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+        rng = np.random.default_rng(args.seed + step)
+        torch.manual_seed(args.seed + step)
+        log.info("resumed at step %d", step)
+
+    def progress(s: int) -> float:
+        # With a wall-time budget the run may end before --steps: decay on whichever comes first.
+        by_time = (time.time() - start) / (args.max_minutes * 60) if args.max_minutes else 0.0
+        return min(1.0, max(s / args.steps, by_time))
+
+    def lr_at(s: int) -> float:
+        if s < args.warmup:
+            return args.lr * (s + 1) / args.warmup
+        # Constant for the first half of the run, then cosine decay to a tenth of the peak.
+        frac = max(0.0, progress(s) - 0.5) / 0.5
+        return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    def save(tag: str) -> None:
+        eval_pipe = build_pipeline(ema, pipe.text_encoder, pipe.tokenizer)
+        tmp = out.with_name(out.name + ".tmp")
+        eval_pipe.save_pretrained(tmp)
+        (tmp / "training.json").write_text(json.dumps({"step": step, "args": vars(args)}, indent=2, default=str))
+        for sub in ("unet", "scheduler"):
+            target = out / sub
+            target.mkdir(parents=True, exist_ok=True)
+            for f in (tmp / sub).iterdir():
+                os.replace(f, target / f.name)
+        for f in ("model_index.json", "training.json"):
+            os.replace(tmp / f, out / f)
+        state = {"unet": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step}
+        torch.save(state, state_path)
+        log.info("saved %s at step %d to %s", tag, step, out)
+
+    start = time.time()
+    last_save = last_eval = start
+    seen = 0
+    window_loss, window_t = [], time.time()
+    unet.train()
+    while step < args.steps:
+        if args.max_minutes and time.time() - start > args.max_minutes * 60:
+            log.info("time budget reached")
+            break
+        idx = rng.integers(len(train_scenes), size=args.batch)
+        images = np.stack([scenes.render(train_scenes[i], rng) for i in idx])
+        x0 = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+        rows = idx * n_t + rng.integers(n_t, size=args.batch)
+        rows = np.where(rng.random(args.batch) < args.p_uncond, empty, rows)
+        states, masks = bank[rows], bank_mask[rows]
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (args.batch,))
+        xt = noise_sched.add_noise(x0, noise, t)
+        target = noise_sched.get_velocity(x0, noise, t)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            pred = unet(xt, t, encoder_hidden_states=states, encoder_attention_mask=masks).sample
+        loss = (F.mse_loss(pred.float(), target, reduction="none").mean(dim=(1, 2, 3)) * weights[t]).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            decay = min(args.ema, (1 + step) / (10 + step))
+            for pe, p in zip(ema.parameters(), unet.parameters(), strict=True):
+                pe.lerp_(p, 1 - decay)
+        step += 1
+        seen += args.batch
+        window_loss.append(loss.item())
+        if step % args.log_every == 0:
+            now = time.time()
+            log.info(
+                "step %d loss %.4f lr %.2e %.1f img/s elapsed %.1f min",
+                step, float(np.mean(window_loss)), lr_at(step), args.log_every * args.batch / (now - window_t),
+                (now - start) / 60,
+            )
+            window_loss, window_t = [], now
+        if time.time() - last_save > args.save_minutes * 60:
+            save("checkpoint")
+            last_save = time.time()
+        if args.eval_minutes and time.time() - last_eval > args.eval_minutes * 60:
+            eval_pipe = build_pipeline(ema, pipe.text_encoder, pipe.tokenizer)
+            eval_pipe.set_progress_bar_config(disable=True)
+            log.info("eval at step %d: %s", step, quick_eval(eval_pipe, args.eval_prompts))
+            last_eval = window_t = time.time()
+    save("final")
+    eval_pipe = build_pipeline(ema, pipe.text_encoder, pipe.tokenizer)
+    eval_pipe.set_progress_bar_config(disable=True)
+    log.info("final eval at step %d: %s", step, quick_eval(eval_pipe, args.eval_prompts))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="models/image", help="diffusers folder to write")
+    p.add_argument("--state", default=".cache/image-train/state.pt", help="optimizer/EMA state for --resume")
+    p.add_argument("--resume", action="store_true", help="continue from the saved state")
+    p.add_argument("--steps", type=int, default=6000, help="optimizer steps")
+    p.add_argument("--max-minutes", type=float, default=0, help="stop (and save) after this wall time; 0: none")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--snr-gamma", type=float, default=5.0)
+    p.add_argument("--p-uncond", type=float, default=0.1, help="share of empty prompts (for guidance)")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast")
+    # One thread: on a shared 2-core machine a second thread mostly waits (measured 17 vs 3 img/s).
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log-every", type=int, default=100)
+    p.add_argument("--save-minutes", type=float, default=5)
+    p.add_argument("--eval-minutes", type=float, default=10, help="quick held-out eval interval; 0: off")
+    p.add_argument("--eval-prompts", type=int, default=48)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    train(args)
+
+
+if __name__ == "__main__":
+    main()
