@@ -8,7 +8,8 @@ import logging
 import sys
 import time
 
-service_var: contextvars.ContextVar[str] = contextvars.ContextVar("service", default="-")
+service_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("service", default=None)
+_process_service = "-"  # threads do not inherit context variables; the process's service still applies
 job_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("job_id", default=None)
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 task_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("task_id", default=None)
@@ -21,7 +22,7 @@ class JsonFormatter(logging.Formatter):
         doc = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
-            "service": service_var.get(),
+            "service": service_var.get() or _process_service,
             "logger": record.name,
             "msg": record.getMessage(),
         }
@@ -39,7 +40,8 @@ class JsonFormatter(logging.Formatter):
 
 def setup_logging(service: str, level: str = "INFO", json_lines: bool = True) -> None:
     """Configure the root logger once per process (stdout, JSON lines by default)."""
-    service_var.set(service)
+    global _process_service
+    _process_service = service
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
