@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-fast protos lint bench venv clean models
+.PHONY: demo test test-fast protos lint bench deploy-check venv clean
 
 venv: $(STAMP)
 
@@ -44,6 +44,13 @@ lint: $(STAMP)
 
 bench: protos
 	$(BIN)/python bench/generator.py
+	$(BIN)/python bench/retriever.py
+	$(BIN)/python bench/validator.py
+	$(BIN)/python bench/orchestrator.py
+
+deploy-check: protos
+	$(BIN)/python -m deploy.generate_k8s --check
+	$(BIN)/python -m deploy.consistency
 
 clean:
 	rm -rf gen .pytest_cache

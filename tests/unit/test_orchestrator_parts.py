@@ -1,0 +1,98 @@
+"""Orchestrator parts without services: both job stores behave alike; context building."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+
+from services.orchestrator import context as ctx
+from services.orchestrator.pipelines import SHIPPED, load_pipelines, pick
+from services.orchestrator.store import MemoryJobStore, RedisJobStore, iter_events
+from shared.config import get_settings
+from shared.errors import FailedPrecondition, InvalidArgument
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request, redis_client):
+    return MemoryJobStore() if request.param == "memory" else RedisJobStore(get_settings().redis_url, 60)
+
+
+def test_idempotency_key_returns_the_first_job(store):
+    key = uuid.uuid4().hex
+    a, created_a = store.create(uuid.uuid4().hex, {"x": 1}, "answer", 1, key)
+    b, created_b = store.create(uuid.uuid4().hex, {"x": 2}, "answer", 1, key)
+    assert created_a and not created_b and a == b
+    assert store.load(a) == {"x": 1}
+
+
+def test_events_resume_after_any_id_without_loss(store):
+    job = uuid.uuid4().hex
+    store.create(job, {}, "generate", 1, "")
+    ids = [store.append_event(job, f"e{i}", "", {"i": i}, 2) for i in range(10)]
+    assert [e.data["i"] for e in store.events(job, "", 0)] == list(range(10))
+    assert [e.data["i"] for e in store.events(job, ids[3], 0)] == list(range(4, 10))
+    assert store.events(job, ids[-1], 0) == []
+
+
+def test_watchers_block_until_new_events_and_stop_at_the_terminal_one(store):
+    job = uuid.uuid4().hex
+    store.create(job, {}, "generate", 1, "")
+    store.append_event(job, "job.queued", "", {}, 1)
+    got = []
+    t = threading.Thread(target=lambda: got.extend(e.type for e in iter_events(store, job, "", lambda: False)))
+    t.start()
+    store.append_event(job, "step.started", "generate", {}, 2)
+    store.append_event(job, "job.succeeded", "", {}, 3)
+    t.join(10)
+    assert not t.is_alive() and got == ["job.queued", "step.started", "job.succeeded"]
+
+
+def test_cancel_flag(store):
+    job = uuid.uuid4().hex
+    store.create(job, {}, "generate", 1, "")
+    assert not store.cancel_requested(job)
+    store.request_cancel(job)
+    assert store.cancel_requested(job)
+
+
+def chunk(i, text, score):
+    return ctx.Chunk(f"c{i}", f"d{i}", f"s{i}", text, score)
+
+
+def test_context_orders_by_relevance_drops_near_duplicates_and_fits_the_budget():
+    text = "The Eiffel Tower in Paris was completed in 1889 for the World's Fair and is 330 metres tall."
+    chunks = [
+        chunk(1, "Tokyo hosted the Summer Olympics in 1964.", 0.4),
+        chunk(2, text, 0.9),
+        chunk(3, text.replace("330", "330 metres"), 0.8),  # near-duplicate of c2
+        chunk(4, "word " * 400, 0.7),  # too long for the budget
+    ]
+    kept, dropped = ctx.select_chunks(chunks, budget_tokens=80)
+    assert [c.chunk_id for c in kept] == ["c2", "c1"]
+    assert {d["chunk_id"]: d["reason"] for d in dropped} == {"c3": "near-duplicate", "c4": "over budget"}
+    msgs = ctx.answer_messages("When was it built?", kept)
+    assert msgs[0][0] == "system" and "[1]" in msgs[0][1]
+    assert "[1] The Eiffel Tower" in msgs[1][1] and "[2] Tokyo" in msgs[1][1]
+
+
+def test_citations_and_refusals_are_recognised():
+    assert ctx.cited_numbers("A [1]. B [2, 3]. C [10]") == {1, 2, 3, 10}
+    assert ctx.is_refusal(ctx.NOT_IN_SOURCES)
+    assert not ctx.is_refusal("Paris is the capital [1].")
+
+
+def test_pipelines_are_data_and_checked(tmp_path):
+    assert [s.name for s in SHIPPED["answer"].steps] == ["retrieve", "build_context", "generate_answer",
+                                                         "validate_answer"]
+    f = tmp_path / "p.json"
+    f.write_text('{"quick-answer": {"kind": "answer", "steps": [{"name": "retrieve"}, {"name": "build_context"},'
+                 ' {"name": "generate_answer"}]}}')
+    pipelines = load_pipelines(str(f))
+    assert pick(pipelines, "quick-answer", "answer")[1].retry is None
+    with pytest.raises(InvalidArgument, match="pipeline"):
+        pick(pipelines, "quick-answer", "generate")
+    f.write_text('{"broken": {"kind": "answer", "steps": [{"name": "no_such_step"}]}}')
+    with pytest.raises(FailedPrecondition, match="no_such_step"):
+        load_pipelines(str(f))
