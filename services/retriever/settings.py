@@ -45,7 +45,9 @@ class RetrieverSettings(ServiceSettings):
     max_documents_per_task: int = Field(20_000, description="Most documents in one retriever.ingest task")
     max_top_k: int = Field(100, description="Largest top_k a search may ask for")
     default_top_k: int = Field(10, description="top_k when a search sets none")
-    default_alpha: float = Field(0.5, ge=0.0, le=1.0, description="Hybrid weight when a search sets none")
+    default_alpha: float = Field(
+        0.7, ge=0.0, le=1.0, description="Hybrid weight when a search sets none (0.7, as Weaviate's server default)"
+    )
     hybrid_candidates: int = Field(100, description="Candidates taken from each of vector and keyword search")
     max_fetch_k: int = Field(500, description="Largest MMR candidate pool")
     max_query_chars: int = Field(2000, description="Longest query text accepted")

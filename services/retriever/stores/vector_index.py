@@ -153,7 +153,12 @@ class VectorIndex:
         if len(positions) == 0:
             return np.zeros((1, 0), np.float32), np.zeros((1, 0), np.int64)
         storage = faiss.downcast_index(faiss.downcast_index(self.index.index).storage)
-        scores, pos = storage.search(q, k, params=faiss.SearchParameters(sel=faiss.IDSelectorBatch(positions)))
+        # a bitmap selector costs one bit test per stored vector; a hash-set selector was twice as slow
+        bits = np.zeros(int(self.index.ntotal), dtype=bool)
+        bits[positions] = True
+        packed = np.packbits(bits, bitorder="little")
+        selector = faiss.IDSelectorBitmap(packed)
+        scores, pos = storage.search(q, k, params=faiss.SearchParameters(sel=selector))
         id_map = faiss.vector_to_array(self.index.id_map)
         ids = np.where(pos >= 0, id_map[np.maximum(pos, 0)], -1)
         return scores, ids
