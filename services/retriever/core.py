@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -158,10 +159,17 @@ class Retriever:
         self._store = store
         self._embedder = embedder
         self._ready = False
+        # a gRPC server warms up in the background while early calls may already need the store
+        self._warm_lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     def warm_up(self) -> None:
+        with self._warm_lock:
+            if not self._ready:
+                self._warm_up()
+
+    def _warm_up(self) -> None:
         if self._embedder is None:
             from shared.embeddings import get_embedder
 

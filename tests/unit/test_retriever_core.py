@@ -339,3 +339,37 @@ def test_bad_batch_options(tmp_path, kw, field):
 def test_delete_needs_ids(retriever):
     with pytest.raises(InvalidArgument, match="^document_ids"):
         retriever.delete_documents("docs", [])
+
+
+def test_any_sentence_transformers_model_works_by_config(tmp_path):
+    """GENSTACK_EMBEDDING_MODEL may name any sentence-transformers folder: here a tiny random BERT
+    built from a config (mechanics only), sharing MiniLM's tokenizer."""
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from shared.embeddings import Embedder, EmbeddingSettings, get_embedder
+
+    bundled = get_embedder().source
+    tokenizer = AutoTokenizer.from_pretrained(bundled)
+    folder = tmp_path / "tiny-model"
+    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(folder / "hf")
+    tokenizer.save_pretrained(folder / "hf")
+    word = models.Transformer(str(folder / "hf"), max_seq_length=128)
+    SentenceTransformer(modules=[word, models.Pooling(32), models.Normalize()]).save(str(folder / "st"))
+
+    embedder = Embedder(EmbeddingSettings(model=str(folder / "st")))
+    r = Retriever(RetrieverSettings(data_dir=tmp_path / "data", chunk_size_tokens=64), embedder=embedder)
+    result = r.ingest("tiny", [DocumentInput("a", text="Alpha beta gamma. " * 30), DocumentInput("b", text="Delta.")])
+    assert result.chunks_written >= 3  # chunks sized by the configured model's limit (128 - 2 tokens)
+    (info,) = r.list_collections()
+    assert (info.embedding_model, info.dimension) == (str(folder / "st"), 32)
+    assert r.search(SearchInput("tiny", "delta", top_k=1, mode="keyword")).hits[0].document_id == "b"
+    with pytest.raises(InvalidArgument, match="between 16 and 126"):
+        r.ingest("tiny", [DocumentInput("c", text="x")], chunk_size=200)
+    r.close()
+    # the default model refuses a collection built with another one
+    other = Retriever(RetrieverSettings(data_dir=tmp_path / "data"))
+    with pytest.raises(FailedPrecondition, match="tiny-model"):
+        other.search(SearchInput("tiny", "delta"))
+    other.close()
