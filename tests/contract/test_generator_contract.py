@@ -154,6 +154,7 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize("case,change,field", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
 def test_bad_input_is_invalid_argument_naming_the_field(client, case, change, field):
+    change = dict(change)  # the parameter is shared by every transport's run
     model = change.pop("model", MODEL)
     prompt = change.pop("prompt", PROMPT)
     change.setdefault("max_new_tokens", 4)
