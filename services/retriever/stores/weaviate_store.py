@@ -50,6 +50,7 @@ _FIXED_PROPERTIES = (
 )
 _RETURN_PROPERTIES = [p for p in _FIXED_PROPERTIES if p != "ingest_id"]
 _DELETE_PAGE = 10_000  # Weaviate deletes at most QUERY_MAXIMUM_RESULTS objects per call
+_INSERT_BATCH = 1000  # objects per insert_many request, to stay well below message size limits
 
 
 def parse_url(url: str) -> tuple[str, int, bool]:
@@ -296,15 +297,18 @@ class WeaviateStore(Store):
 
         coll = self.client.collections.use(self.name(collection))
         chunks = self._call("count", lambda: coll.aggregate.over_all(filters=where, total_count=True)).total_count or 0
+        # one group per document; the limit is explicit because the server's default would cap it
         groups = self._call("count documents", lambda: coll.aggregate.over_all(
-            filters=where, group_by=GroupByAggregate(prop="document_id"), total_count=True)).groups
+            filters=where, group_by=GroupByAggregate(prop="document_id", limit=max(1, int(chunks))),
+            total_count=True)).groups
         return len(groups), int(chunks)
 
-    def _per_document(self, coll, where) -> dict[str, int]:
+    def _per_document(self, coll, where, documents: int) -> dict[str, int]:
         from weaviate.classes.aggregate import GroupByAggregate
 
         result = self._call("count chunks", lambda: coll.aggregate.over_all(
-            filters=where, group_by=GroupByAggregate(prop="document_id"), total_count=True))
+            filters=where, group_by=GroupByAggregate(prop="document_id", limit=max(1, documents)),
+            total_count=True))
         return {str(g.grouped_by.value): int(g.total_count or 0) for g in result.groups}
 
     # -- writes --------------------------------------------------------------------------------------
@@ -343,10 +347,12 @@ class WeaviateStore(Store):
                 ))
         mine = Filter.by_property("ingest_id").equal(ingest_id)
         try:
-            result = self._call("insert", lambda: coll.data.insert_many(objects))
-            if result.has_errors:
-                first = next(iter(result.errors.values()))
-                raise Internal(f"Weaviate rejected {len(result.errors)} of {len(objects)} chunks: {first.message}")
+            for i in range(0, len(objects), _INSERT_BATCH):
+                part = objects[i : i + _INSERT_BATCH]
+                result = self._call("insert", lambda p=part: coll.data.insert_many(p))
+                if result.has_errors:
+                    first = next(iter(result.errors.values()))
+                    raise Internal(f"Weaviate rejected {len(result.errors)} of {len(part)} chunks: {first.message}")
         except BaseException:
             # roll back: remove whatever of this batch landed; earlier versions were not touched
             try:
@@ -357,7 +363,7 @@ class WeaviateStore(Store):
         ids = [d.document_id for d in documents]
         old = Filter.all_of([Filter.by_property("document_id").contains_any(ids),
                              Filter.by_property("ingest_id").not_equal(ingest_id)])
-        replaced = self._per_document(coll, old)
+        replaced = self._per_document(coll, old, len(ids))
         self._delete_where(coll, old)
         return [WriteResult(d.document_id, len(d.chunks), replaced.get(d.document_id, 0)) for d in documents]
 
@@ -377,7 +383,7 @@ class WeaviateStore(Store):
         coll = self._collection(collection)
         ids = list(dict.fromkeys(document_ids))
         where = Filter.by_property("document_id").contains_any(ids)
-        present = self._per_document(coll, where)
+        present = self._per_document(coll, where, len(ids))
         chunks = self._delete_where(coll, where) if present else 0
         return [d for d in ids if d in present], chunks
 
