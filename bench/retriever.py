@@ -222,7 +222,14 @@ def scale(n_chunks: int, n_queries: int) -> tuple[str, dict]:
     from services.retriever.filters import EQUALS, MetadataFilter
 
     shard = [MetadataFilter("shard", EQUALS, ("3",))]
-    _, flt_ms = timed(lambda i: store.search("scale", q(VECTOR, queries[i], filters=shard)), range(n_queries))
+
+    def filtered(i: int, first_use: bool):
+        if first_use:  # as if this filter had not been seen since the last write
+            coll._filter_cache.clear()
+        return store.search("scale", q(VECTOR, queries[i], filters=shard))
+
+    _, flt_first_ms = timed(lambda i: filtered(i, True), range(n_queries))
+    _, flt_ms = timed(lambda i: filtered(i, False), range(n_queries))
 
     # exact ground truth and the flat index's own latency, side by side
     faiss.omp_set_num_threads(1)
@@ -259,8 +266,11 @@ def scale(n_chunks: int, n_queries: int) -> tuple[str, dict]:
         *ef_rows,
         ["exact flat scan (faiss IndexFlatIP, 1 thread)", f"{statistics.median(flat_ms):.2f}",
          f"{pct(flat_ms, 99):.2f}", "1.000"],
-        ["vector + filter (10% of chunks)", f"{statistics.median(flt_ms):.2f}", f"{pct(flt_ms, 99):.2f}", ""],
-        ["keyword BM25 (SQLite FTS5, 3-word queries)", f"{statistics.median(kw_ms):.2f}", f"{pct(kw_ms, 99):.2f}", ""],
+        ["vector + filter admitting 10% of chunks, first use", f"{statistics.median(flt_first_ms):.2f}",
+         f"{pct(flt_first_ms, 99):.2f}", ""],
+        ["vector + the same filter again (admitted ids cached)", f"{statistics.median(flt_ms):.2f}",
+         f"{pct(flt_ms, 99):.2f}", ""],
+        ["keyword BM25 (SQLite FTS5; 3 words drawn by corpus frequency)", f"{statistics.median(kw_ms):.2f}", f"{pct(kw_ms, 99):.2f}", ""],
         ["hybrid (100 + 100 candidates, fused)", f"{statistics.median(hy_ms):.2f}", f"{pct(hy_ms, 99):.2f}", ""],
     ]
     text = table([f"search at {n_chunks:,} chunks ({n_queries} queries)", "p50 ms", "p99 ms", "recall@10 vs exact"],

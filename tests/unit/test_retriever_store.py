@@ -267,3 +267,19 @@ def test_vector_index_flat_and_hnsw_agree_on_exact_subsets():
     assert f_ids[0] not in graph.search(vecs[3], 5, None)[0]
     assert len(graph) == 199 and graph.needs_rebuild() is None
     assert np.allclose(graph.vectors(ids[:2]), vecs[:2])
+
+
+def test_cached_filter_results_follow_writes_from_any_process(tmp_path):
+    rng = np.random.default_rng(12)
+    a, b = EmbeddedStore(tmp_path), EmbeddedStore(tmp_path)
+    f = [MetadataFilter("team", EQUALS, ("red",))]
+    a.write("fc", [doc(rng, "r1", ["one"], {"team": "red"}), doc(rng, "b1", ["two"], {"team": "blue"})], MODEL, DIM)
+    qv = unit(rng)[0]
+    assert [h.document_id for h in a.search("fc", query(qv, filters=f))] == ["r1"]
+    a.write("fc", [doc(rng, "r2", ["three"], {"team": "red"})], MODEL, DIM)  # same process
+    assert sorted(h.document_id for h in a.search("fc", query(qv, filters=f))) == ["r1", "r2"]
+    b.write("fc", [doc(rng, "r3", ["four"], {"team": "red"})], MODEL, DIM)  # another process
+    b.delete_documents("fc", ["r1"])
+    assert sorted(h.document_id for h in a.search("fc", query(qv, filters=f, mode=HYBRID, text="four"))) == ["r2", "r3"]
+    a.close()
+    b.close()

@@ -23,6 +23,7 @@ import shutil
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +96,7 @@ END;
 _WORD = re.compile(r"\w+", re.UNICODE)
 _MAX_QUERY_TERMS = 64
 _SQL_BATCH = 500
+_FILTER_CACHE_SIZE = 32
 # Words that carry no topic. BM25 gives them little weight anyway, but FTS5 must still score every
 # chunk containing one, which made 100k-chunk keyword searches ten times slower (bench/retriever.py).
 STOPWORDS = frozenset("""
@@ -156,6 +158,10 @@ class _Collection:
         self.index: VectorIndex | None = None
         self.index_generation = -1
         self.unsaved_changes = 0
+        # chunk ids admitted by recent filters, valid for one generation (RAG callers tend to repeat
+        # the same tenant/source filter, and reading 10k ids from SQLite costs more than the search)
+        self._filter_cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._filter_cache_generation = -1
 
     # -- connection ------------------------------------------------------------------------------
 
@@ -218,6 +224,23 @@ class _Collection:
 
     def generation(self) -> int:
         return int(self.meta("generation") or 0)
+
+    def allowed_ids(self, filters: tuple, where: str, args: list) -> np.ndarray:
+        gen = self.index_generation
+        if gen != self._filter_cache_generation:
+            self._filter_cache.clear()
+            self._filter_cache_generation = gen
+        ids = self._filter_cache.get(filters)
+        if ids is None:
+            assert self.conn is not None
+            rows = self.conn.execute(f"SELECT c.id FROM chunks c WHERE {where}", args).fetchall()
+            ids = np.array(rows, dtype=np.int64).reshape(-1)
+            self._filter_cache[filters] = ids
+            if len(self._filter_cache) > _FILTER_CACHE_SIZE:
+                self._filter_cache.popitem(last=False)
+        else:
+            self._filter_cache.move_to_end(filters)
+        return ids
 
     # -- vector index ------------------------------------------------------------------------------
 
@@ -540,8 +563,7 @@ class EmbeddedStore(Store):
             where, args = _filter_sql(query.filters)
             allowed = None
             if query.filters and query.mode != KEYWORD:
-                allowed = np.fromiter((r[0] for r in conn.execute(f"SELECT c.id FROM chunks c WHERE {where}", args)),
-                                      np.int64)
+                allowed = coll.allowed_ids(tuple(query.filters), where, args)
             q = np.asarray(query.vector, dtype=np.float32)
 
             if query.mode == VECTOR:
