@@ -270,7 +270,8 @@ def scale(n_chunks: int, n_queries: int) -> tuple[str, dict]:
          f"{pct(flt_first_ms, 99):.2f}", ""],
         ["vector + the same filter again (admitted ids cached)", f"{statistics.median(flt_ms):.2f}",
          f"{pct(flt_ms, 99):.2f}", ""],
-        ["keyword BM25 (SQLite FTS5; 3 words drawn by corpus frequency)", f"{statistics.median(kw_ms):.2f}", f"{pct(kw_ms, 99):.2f}", ""],
+        ["keyword BM25 (SQLite FTS5; 3 words drawn by corpus frequency)", f"{statistics.median(kw_ms):.2f}",
+         f"{pct(kw_ms, 99):.2f}", ""],
         ["hybrid (100 + 100 candidates, fused)", f"{statistics.median(hy_ms):.2f}", f"{pct(hy_ms, 99):.2f}", ""],
     ]
     text = table([f"search at {n_chunks:,} chunks ({n_queries} queries)", "p50 ms", "p99 ms", "recall@10 vs exact"],

@@ -100,3 +100,11 @@ def test_the_session_uses_a_temporary_data_folder():
     from services.retriever.settings import RetrieverSettings
 
     assert str(RetrieverSettings().store_path()).startswith(_data)
+
+
+def test_queued_ingest_reports_stages(folder, capsys, monkeypatch):
+    monkeypatch.chdir(folder)
+    assert main(["ingest", ".", "-c", "cli_queued", "--queued", "--progress"]) == 0
+    out, err = capsys.readouterr()
+    assert "ingested 4 files as 4 chunks into 'cli_queued'" in out
+    assert "done 4/4" in err  # the last stage shown on the bar
