@@ -15,22 +15,20 @@ import warnings
 import grpc
 import pytest
 
-# Small caps for this session so that "above the cap" needs no megabytes (read by every process
-# the session starts, and by the inproc API, which is built after collection).
-os.environ.setdefault("GENSTACK_RETRIEVER_MAX_DOCUMENT_BYTES", "65536")
-os.environ.setdefault("GENSTACK_RETRIEVER_MAX_DOCUMENTS_PER_REQUEST", "40")
-
-from genstack.retriever.v1 import retriever_pb2 as pb  # noqa: E402
-from genstack.retriever.v1 import retriever_pb2_grpc as pb_grpc  # noqa: E402
-from shared.clients.retriever import RetrieverClient  # noqa: E402
-from shared.errors import GenstackError  # noqa: E402
-from tests.conftest import TRANSPORTS  # noqa: E402
-from tests.unit.test_retriever_parsing import make_pdf  # noqa: E402
+from genstack.retriever.v1 import retriever_pb2 as pb
+from genstack.retriever.v1 import retriever_pb2_grpc as pb_grpc
+from services.retriever.settings import RetrieverSettings
+from shared.clients.retriever import RetrieverClient
+from shared.errors import GenstackError
+from tests.conftest import TRANSPORTS
+from tests.unit.test_retriever_parsing import make_pdf
 
 pytestmark = pytest.mark.slow
 
 WEAVIATE_URL = os.environ.get("GENSTACK_WEAVIATE_URL") or os.environ.get("GENSTACK_RETRIEVER_WEAVIATE_URL")
 BACKENDS = ("embedded", "weaviate")
+# the service's defaults (the tests change no setting, so they hold for every process)
+CAPS = RetrieverSettings()
 WEAVIATE_SKIP = ("retriever contract NOT run against the Weaviate backend: set GENSTACK_WEAVIATE_URL to a Weaviate "
                  ">= 1.27 server (`docker compose up weaviate` provides one); none can run on this machine")
 _warned: list[bool] = []
@@ -266,12 +264,15 @@ def test_reingest_replaces_and_delete_removes_every_chunk(client):
 
 def test_large_batches_go_through_the_ingest_task_with_progress(client, ensure_worker):
     name = fresh()
+    over = pb.IngestDocumentsRequest(collection=name, documents=[
+        pb.Document(id=f"x{i}", text="tiny") for i in range(CAPS.max_documents_per_request + 1)])
+    with pytest.raises(GenstackError) as err:  # above the unary cap: refused before any work
+        client.ingest_documents(over, timeout=120)
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and err.value.message.startswith("documents:")
+    assert "retriever.ingest" in err.value.message and counts(client, name) is None
     documents = [pb.Document(id=f"n{i}", text=f"Note {i}: the value of item {i} is {i * 7} units.",
                              metadata={"i": str(i)}) for i in range(60)]
     request = pb.IngestDocumentsRequest(collection=name, documents=documents)
-    with pytest.raises(GenstackError) as err:  # above the unary cap of this session
-        client.ingest_documents(request, timeout=120)
-    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and "retriever.ingest" in err.value.message
     seen: list[pb.IngestProgress] = []
     got = client.ingest_large(request, timeout=300, on_progress=seen.append, poll_s=0.05)
     assert got.chunks_written == 60 and len(got.documents) == 60
@@ -357,9 +358,9 @@ LATER = pb.Document(id="later", text="Another fine document about pruning roses.
 BAD_DOCUMENTS = [
     ("unsupported content type", pb.Document(id="x", text="data", content_type="image/png"),
      "documents[1].content_type"),
-    ("document above the size cap", pb.Document(id="x", text="y" * 70_000), "documents[1].text"),
-    ("binary above the size cap", pb.Document(id="x", data=b"%PDF" + b"0" * 70_000, content_type="application/pdf"),
-     "documents[1].data"),
+    ("document above the size cap", pb.Document(id="x", text="y" * (CAPS.max_document_bytes + 1)), "documents[1].text"),
+    ("binary above the size cap", pb.Document(id="x", data=b"%PDF" + b"0" * CAPS.max_document_bytes,
+                                              content_type="application/pdf"), "documents[1].data"),
     ("unreadable pdf", pb.Document(id="x", data=b"%PDF-1.4 nope", content_type="application/pdf"),
      "documents[1].data"),
     ("no content", pb.Document(id="x"), "documents[1].text"),
