@@ -43,6 +43,14 @@ def redis_client():
 _processes: dict[tuple[str, str], ServiceProcess] = {}
 
 
+def stop_session_processes() -> None:
+    """Stop the shared service processes (tests that start differently configured ones call this,
+    so that two workers with different settings never share a queue)."""
+    for proc in _processes.values():
+        proc.stop()
+    _processes.clear()
+
+
 @pytest.fixture(scope="session")
 def service_process(redis_client):
     """Factory: service_process("generator", "grpc") starts (once per session) and returns it."""

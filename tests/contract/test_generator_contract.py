@@ -56,7 +56,7 @@ def test_seeded_sampling_is_reproducible(client, reference):
     b = client.generate(req(temperature=0.9, top_p=0.95, top_k=50, seed=1234), timeout=120)
     assert a.text == b.text == reference["seeded"].text
     assert a.seed == 1234
-    others = {client.generate(req(temperature=1.2, seed=s), timeout=120).text for s in (1, 2, 3)}
+    others = {client.generate(req(temperature=1.2, seed=s, max_new_tokens=8), timeout=120).text for s in (1, 2)}
     assert len(others) > 1, "different seeds should explore different continuations"
 
 

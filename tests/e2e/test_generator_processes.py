@@ -49,11 +49,12 @@ def test_a_producer_that_does_not_import_the_project_submits_by_task_name(servic
 
 
 def test_sigterm_reports_not_serving_and_drains_in_flight_work():
-    server = ServiceProcess("generator", "grpc").start()
+    # a long grace period: the point is that in-flight work drains, however busy the machine is
+    server = ServiceProcess("generator", "grpc", env={"GENSTACK_GRPC_GRACE_S": "300"}).start()
     try:
         client = GeneratorClient("grpc", address=server.address)
         request = pb.GenerateStreamRequest(model="smollm2-135m", prompt="The three primary colours are",
-                                           sampling=pb.SamplingParams(max_new_tokens=48, temperature=0))
+                                           sampling=pb.SamplingParams(max_new_tokens=24, temperature=0))
         stream = client.generate_stream(request, timeout=120)
         first = next(stream)
         server.proc.send_signal(15)
@@ -73,7 +74,7 @@ def test_sigterm_reports_not_serving_and_drains_in_flight_work():
         assert first.finish_reason == pb.FINISH_REASON_UNSPECIFIED, "SIGTERM must arrive mid-generation"
         msgs = [first, *stream]  # the in-flight stream still completes
         assert msgs[-1].finish_reason == pb.FINISH_REASON_LENGTH
-        assert msgs[-1].stats.completion_tokens == 48
+        assert msgs[-1].stats.completion_tokens == 24
         assert server.proc.wait(60) == 0
     finally:
         server.stop()
@@ -81,11 +82,11 @@ def test_sigterm_reports_not_serving_and_drains_in_flight_work():
 
 def test_concurrent_requests_never_mix(client_factory):
     client = client_factory(GeneratorClient, "grpc")
-    prompts = [f"Count from {n} upwards:" for n in (1, 5, 9, 13)]
+    prompts = [f"Count from {n} upwards:" for n in (1, 5, 9)]
 
     def ask(prompt):
         return client.generate(pb.GenerateRequest(model="smollm2-135m", prompt=prompt,
-                                                  sampling=pb.SamplingParams(max_new_tokens=12, temperature=0)),
+                                                  sampling=pb.SamplingParams(max_new_tokens=8, temperature=0)),
                                timeout=180).text
 
     expected = {p: ask(p) for p in prompts}

@@ -17,6 +17,7 @@ from genstack.retriever.v1 import retriever_pb2 as rpb
 from shared.clients.orchestrator import OrchestratorClient
 from shared.config import get_settings
 from shared.errors import GenstackError
+from tests.conftest import stop_session_processes
 from tests.support import ServiceProcess, unique
 
 pytestmark = pytest.mark.slow
@@ -34,6 +35,7 @@ def stack(tmp_path_factory, redis_client):
     policies = tmp_path_factory.mktemp("policies") / "policies.yaml"
     policies.write_text("policies:\n  always-fail:\n    description: rejects everything (tests the retry loop)\n"
                         "    checks:\n      - name: regex\n        params: {pattern: '^ZZZ-never$', must_match: true}\n")
+    stop_session_processes()  # our workers carry a test policy; no other worker may share their queues
     for queue in ("retriever", "generator", "validator", "orchestrator"):
         redis_client.delete(queue)
     procs: list[ServiceProcess] = []
