@@ -99,7 +99,12 @@ def all_settings_classes() -> list[type[BaseSettings]]:
 
     from shared.services import SERVICES
 
-    importlib.import_module("shared.embeddings")
+    for module in ("shared.embeddings", "shared.artifacts"):  # shared modules with settings of their own
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
     for name in SERVICES:
         try:
             importlib.import_module(f"services.{name}.settings")
