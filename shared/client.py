@@ -128,7 +128,7 @@ class ServiceClient:
             except GenstackError:
                 raise
             except Exception as exc:  # noqa: BLE001 - translated below
-                raise _from_celery_error(exc, timeout) from None
+                raise from_celery_error(exc, timeout) from None
             return json_format.ParseDict(doc, m.response_type(), ignore_unknown_fields=True)
         ctx = CallContext.with_timeout(timeout)
         return getattr(self._inproc(), m.name)(request, ctx)
@@ -236,7 +236,7 @@ def _from_rpc_error(exc: grpc.RpcError) -> GenstackError:
     return from_status(code, details or "")
 
 
-def _from_celery_error(exc: BaseException, timeout: float) -> GenstackError:
+def from_celery_error(exc: BaseException, timeout: float) -> GenstackError:
     from celery.exceptions import TimeoutError as CeleryTimeout
 
     if isinstance(exc, CeleryTimeout):

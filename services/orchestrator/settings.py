@@ -14,7 +14,8 @@ class OrchestratorSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="GENSTACK_ORCHESTRATOR_", extra="ignore")
 
     store: Literal["auto", "memory", "redis"] = Field(
-        "auto", description="Job state: memory (embedded), redis (distributed); auto = redis unless every step is inproc"
+        "auto",
+        description="Job state: memory (embedded), redis (distributed); auto = redis unless every step is inproc",
     )
     step_transports: dict[str, str] = Field(
         default_factory=dict,

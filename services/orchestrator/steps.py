@@ -46,6 +46,7 @@ def retrieve(run, params: dict) -> None:
     with run.step("retrieve", "retriever", _j(request)) as rec:
         response = run.client("retriever", "retrieve").search(request, timeout=run.timeout())
         rec.output = _j(response)
+        rec.service_ms = response.took_ms
     run.state["chunks"] = [
         ctxmod.Chunk(h.chunk_id, h.document_id, h.source or h.metadata.get("source", ""), h.text, h.score)
         for h in response.hits
@@ -72,7 +73,9 @@ def build_context(run, params: dict) -> None:
     run.state["messages"] = messages
 
 
-def _stream_generation(run, name: str, request: gpb.GenerateStreamRequest, rec) -> tuple[str, gpb.GenerateStreamResponse]:
+def _stream_generation(
+    run, name: str, request: gpb.GenerateStreamRequest, rec
+) -> tuple[str, gpb.GenerateStreamResponse]:
     stream = run.client("generator", name).generate_stream(request, timeout=run.timeout())
     parts: list[str] = []
     final = None

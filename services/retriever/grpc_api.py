@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import shared  # noqa: F401 - puts the generated stubs on sys.path
@@ -180,9 +181,11 @@ class RetrieverApi(ServiceApi):
         return pb.DeleteCollectionResponse(documents_deleted=stats.document_count, chunks_deleted=stats.chunk_count)
 
     def Search(self, request: pb.SearchRequest, ctx: CallContext) -> pb.SearchResponse:
+        started = time.perf_counter()
         result = self.core.search(to_search(request))
         hits = [to_hit(h) for h in result.hits]
-        return pb.SearchResponse(hits=hits, mode=_MODE_ENUM[result.mode], alpha=result.alpha)
+        took_ms = (time.perf_counter() - started) * 1000
+        return pb.SearchResponse(hits=hits, mode=_MODE_ENUM[result.mode], alpha=result.alpha, took_ms=took_ms)
 
 
 API_CLASS = RetrieverApi

@@ -9,7 +9,7 @@ from google.protobuf import json_format
 
 import shared  # noqa: F401 - puts the generated stubs on sys.path
 from genstack.retriever.v1 import retriever_pb2 as pb
-from shared.client import ServiceClient, _from_celery_error
+from shared.client import ServiceClient, from_celery_error
 from shared.errors import DeadlineExceeded, GenstackError
 from shared.services import get_spec
 
@@ -89,5 +89,5 @@ class RetrieverClient(ServiceClient):
         except GenstackError:
             raise
         except Exception as exc:  # noqa: BLE001 - translated to our errors
-            raise _from_celery_error(exc, timeout) from None
+            raise from_celery_error(exc, timeout) from None
         return json_format.ParseDict(doc, pb.IngestDocumentsResponse(), ignore_unknown_fields=True)

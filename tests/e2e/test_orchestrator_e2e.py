@@ -34,7 +34,8 @@ DOCS = {
 def stack(tmp_path_factory, redis_client):
     policies = tmp_path_factory.mktemp("policies") / "policies.yaml"
     policies.write_text("policies:\n  always-fail:\n    description: rejects everything (tests the retry loop)\n"
-                        "    checks:\n      - name: regex\n        params: {pattern: '^ZZZ-never$', must_match: true}\n")
+                        "    checks:\n      - name: regex\n"
+                        "        params: {pattern: '^ZZZ-never$', must_match: true}\n")
     stop_session_processes()  # our workers carry a test policy; no other worker may share their queues
     for queue in ("retriever", "generator", "validator", "orchestrator"):
         redis_client.delete(queue)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from shared.celery_app import with_retry, make_celery
+from shared.celery_app import make_celery, with_retry
 from shared.errors import InvalidArgument, Unavailable
 from shared.services import SERVICES
 
