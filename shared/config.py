@@ -40,7 +40,10 @@ class Settings(BaseSettings):
     grpc_workers: int = Field(16, description="Threads serving gRPC calls per server")
     grpc_grace_s: float = Field(30.0, description="Drain time for in-flight calls on SIGTERM")
     default_deadline_s: float = Field(300.0, description="Deadline a client applies when none is given")
-    torch_threads: int = Field(0, description="torch intra-op threads (0: torch's default)")
+    torch_threads: int = Field(
+        0, description="torch intra-op threads per process (0: torch's default = all cores; use 1 when several "
+        "model processes share a small machine)"
+    )
     stream_ttl_s: int = Field(3600, description="Lifetime of Celery stream/cancel keys in Redis")
 
     @property

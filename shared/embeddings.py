@@ -45,6 +45,10 @@ class Embedder:
             if self._model is None:
                 from sentence_transformers import SentenceTransformer
 
+                from shared.runtime import configure_torch
+
+                configure_torch()
+
                 self._model = SentenceTransformer(self.source, device=self.settings.device, local_files_only=True)
         return self._model
 

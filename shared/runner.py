@@ -16,10 +16,9 @@ log = logging.getLogger(__name__)
 def _setup(service: str) -> None:
     settings = get_settings()
     setup_logging(service, settings.log_level, settings.log_json)
-    if settings.torch_threads:
-        import torch
+    from shared.runtime import configure_torch
 
-        torch.set_num_threads(settings.torch_threads)
+    configure_torch()
 
 
 def run(service: str, role: str, port: int | None = None, concurrency: int = 1) -> int:

@@ -15,6 +15,9 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ.setdefault("GENSTACK_GENERATOR_DEFAULT_MODEL", "smollm2-135m")
 os.environ.setdefault("GENSTACK_REDIS_URL", "redis://127.0.0.1:6379/15")
 os.environ.setdefault("GENSTACK_LOG_LEVEL", "WARNING")
+# Tests run several model processes at once (servers, workers, this one): one torch thread each
+# avoids OpenMP oversubscription, which slowed a prefill 7x here.
+os.environ.setdefault("GENSTACK_TORCH_THREADS", "1")
 # Converted models are shared with the user's cache so that the GGUF conversion happens once.
 os.environ.setdefault("GENSTACK_MODEL_CACHE", str(Path.home() / ".cache" / "genstack" / "models"))
 _data = tempfile.mkdtemp(prefix="genstack-test-data-")

@@ -14,6 +14,7 @@ from services.generator.engine import Delta, Engine, EngineRequest, Finished, Lo
 from services.generator.settings import GeneratorSettings
 from shared.config import Settings, get_settings
 from shared.errors import InvalidArgument, Unavailable, require
+from shared.runtime import configure_torch
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,7 @@ class GeneratorCore:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+        configure_torch()
 
         canonical, source = registry.resolve(name, self.base.model_cache_dir, self.settings.allow_any_model)
         dtype = getattr(torch, self.settings.dtype, None)
