@@ -21,6 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GENSTACK_LOG_LEVEL", "WARNING")
 os.environ.setdefault("GENSTACK_REDIS_URL", "redis://127.0.0.1:6379/14")
 os.environ["GENSTACK_GENERATOR_PRELOAD"] = '["smollm2-135m"]'
+os.environ.setdefault("GENSTACK_TORCH_THREADS", "1")  # several model processes share the cores
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import shared  # noqa: E402,F401
@@ -92,7 +93,8 @@ def main() -> int:
                 rpb.Document(id=k, text=v, content_type="text/plain") for k, v in DOCS.items()]))
         results = {}
         for transport in ("grpc", "celery"):
-            results[transport] = run_mode(transport, args.jobs)
+            results[transport] = r = run_mode(transport, args.jobs)
+            print(f"{transport}: overhead p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms", flush=True)
             time.sleep(1)
     finally:
         for p in reversed(procs):
