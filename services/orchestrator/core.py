@@ -22,7 +22,7 @@ from shared.errors import InvalidArgument, NotFound, require
 
 log = logging.getLogger(__name__)
 
-KINDS = ("answer", "generate", "ingest")
+KINDS = ("answer", "generate", "ingest", "image")
 MAX_KEY_CHARS = 128
 MAX_QUESTION_CHARS = 4000
 
@@ -68,6 +68,8 @@ class OrchestratorCore:
                     from shared.clients.generator import GeneratorClient as C
                 elif service == "validator":
                     from shared.clients.validator import ValidatorClient as C
+                elif service == "image":
+                    from shared.clients.image import ImageClient as C
                 else:  # pragma: no cover - pipelines only name these
                     raise InvalidArgument(f"no client for service {service!r}", field="pipeline")
                 self._clients[key] = C(transport)
@@ -99,6 +101,8 @@ class OrchestratorCore:
             require(bool(g.prompt) or bool(g.messages), "generate.prompt", "a prompt or messages")
         elif kind == "ingest":
             require(bool(request.ingest.documents), "ingest.documents", "at least one document")
+        elif kind == "image":
+            require(bool(request.image.prompt.strip()), "image.prompt", "a non-empty prompt")
         name, _ = pick(self.pipelines, request.pipeline, kind)
         return kind, name, request.deadline_s or self.settings.default_deadline_s
 

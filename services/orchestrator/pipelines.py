@@ -47,6 +47,13 @@ SHIPPED: dict[str, Pipeline] = {
     ),
     "generate": Pipeline(kind="generate", description="One generation", steps=[StepDef(name="generate")]),
     "ingest": Pipeline(kind="ingest", description="Documents into the retriever", steps=[StepDef(name="ingest")]),
+    "image": Pipeline(
+        kind="image",
+        description="Text-to-image, then the validator's image-default policy; a failed verdict retries once "
+        "with the next seed",
+        steps=[StepDef(name="generate_image"), StepDef(name="validate_image", params={"policy": "image-default"})],
+        retry=RetryRule(on="validate_image", restart_at="generate_image", max_retries=1),
+    ),
 }
 
 

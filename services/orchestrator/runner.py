@@ -191,6 +191,10 @@ class JobRun:
             self.job.generate.CopyFrom(self.state["generate"])
         elif self.job.kind == "ingest":
             self.job.ingest.CopyFrom(self.state["ingest"])
+        elif self.job.kind == "image":
+            self.job.image.CopyFrom(opb.ImageResult(images=self.state.get("images", []),
+                                                    verdicts=self.state.get("image_verdicts", []),
+                                                    attempts=self.state.get("image_attempt", 0)))
 
 
 def _dumps(doc: dict) -> str:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from google.protobuf import json_format
 
 from genstack.generator.v1 import generator_pb2 as gpb
+from genstack.image.v1 import image_pb2 as ipb
 from genstack.orchestrator.v1 import orchestrator_pb2 as opb
 from genstack.retriever.v1 import retriever_pb2 as rpb
 from genstack.validator.v1 import validator_pb2 as vpb
@@ -178,3 +179,43 @@ def ingest(run, params: dict) -> None:
         response = client.ingest_large(request, timeout=run.timeout(), on_progress=progress)
         rec.output = _j(response)
     run.state["ingest"] = response
+
+
+@step("generate_image")
+def generate_image(run, params: dict) -> None:
+    request = ipb.GenerateImageRequest()
+    request.CopyFrom(run.job.request.image)
+    attempt = run.state.get("image_attempt", 0) + 1
+    run.state["image_attempt"] = attempt
+    if attempt > 1 and request.HasField("seed"):
+        request.seed = request.seed + attempt - 1  # a retry explores the next seed
+    logged = _j(request)
+    with run.step("generate_image", "image", logged, attempt=attempt) as rec:
+        response = run.client("image", "generate_image").generate_image(request, timeout=run.timeout())
+        rec.output = {"images": [{"seed": str(i.seed), "width": i.width, "height": i.height,
+                                  "png_bytes": len(i.png), "artifact": i.artifact.uri} for i in response.images],
+                      "metadata": _j(response.metadata)}
+    run.state["images"] = list(response.images)
+
+
+@step("validate_image")
+def validate_image(run, params: dict) -> str | None:
+    verdicts = []
+    attempt = run.state.get("image_attempt", 1)
+    for n, image in enumerate(run.state["images"]):
+        artifact = vpb.Artifact(image=image.png) if image.png else vpb.Artifact(ref=image.artifact)
+        request = vpb.ValidateRequest(
+            artifact=artifact, policy=params.get("policy", "image-default"),
+            context=vpb.ValidationContext(request=run.job.request.image.prompt,
+                                          expected=vpb.ExpectedMedia(width=image.width, height=image.height)),
+        )
+        with run.step("validate_image", "validator", {"image": n, "policy": request.policy}, attempt=attempt) as rec:
+            verdict = run.client("validator", "validate_image").validate(request, timeout=run.timeout())
+            rec.output = _j(verdict)
+            rec.service_ms = verdict.duration_ms
+        verdicts.append(verdict)
+    run.state["image_verdicts"] = verdicts
+    failed = [v for v in verdicts if not v.passed]
+    run.state["feedback"] = " ".join(v.feedback for v in failed)
+    run.emit("validate.verdict", "validate_image", {"passed": not failed, "attempt": attempt})
+    return "failed" if failed else None
