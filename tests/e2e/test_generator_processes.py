@@ -66,7 +66,8 @@ def test_sigterm_reports_not_serving_and_drains_in_flight_work():
                 try:
                     status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
                 except grpc.RpcError:
-                    break  # already closed for new calls: also not serving
+                    status = None  # already refusing new calls: also not serving
+                    break
                 if status == health_pb2.HealthCheckResponse.NOT_SERVING:
                     break
                 time.sleep(0.05)
