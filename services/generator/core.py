@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -213,8 +214,10 @@ class GeneratorCore:
     def start(self, req: GenerationRequest, cancelled: Callable[[], bool]) -> tuple[EngineRequest, str, int]:
         sampling = self.check(req)
         engine = self.engine(req.model)
+        t0 = time.perf_counter()
         ids = self._prompt_ids(engine.loaded, req)
-        er = engine.submit(EngineRequest(ids, sampling, cancelled))
+        prepare_ms = (time.perf_counter() - t0) * 1000
+        er = engine.submit(EngineRequest(ids, sampling, cancelled, prepare_ms=prepare_ms))
         return er, engine.loaded.name, sampling.seed
 
     def stream(self, req: GenerationRequest, cancelled: Callable[[], bool]) -> Iterator[Delta | Finished]:

@@ -71,6 +71,7 @@ class Finished:
     tokens_per_second: float
     total_ms: float
     tokens: list[TokenInfo] = field(default_factory=list)  # per-token info not yet sent with a delta
+    prepare_ms: float = 0.0
 
 
 @dataclass
@@ -91,6 +92,7 @@ class EngineRequest:
     cancelled: Callable[[], bool]
     out: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     enqueued_at: float = field(default_factory=time.perf_counter)
+    prepare_ms: float = 0.0
 
     def events(self) -> Iterator[Delta | Finished]:
         """Consume the request's events until Finished (errors are re-raised here)."""
@@ -242,6 +244,7 @@ class Engine:
                 tokens_per_second=(max(n - 1, 0) / decode_s) if decode_s > 0 else 0.0,
                 total_ms=(ended - started) * 1000,
                 tokens=pending,
+                prepare_ms=req.prepare_ms,
             )
         )
 

@@ -50,7 +50,7 @@ def _logprobs(tokens: list[TokenInfo]) -> list[pb.TokenLogprob]:
 def _stats(f: Finished) -> pb.GenerationStats:
     return pb.GenerationStats(
         prompt_tokens=f.prompt_tokens, completion_tokens=f.completion_tokens, time_to_first_token_ms=f.ttft_ms,
-        tokens_per_second=f.tokens_per_second, total_ms=f.total_ms, queue_ms=f.queue_ms,
+        tokens_per_second=f.tokens_per_second, total_ms=f.total_ms, queue_ms=f.queue_ms, prepare_ms=f.prepare_ms,
     )
 
 

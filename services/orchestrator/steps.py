@@ -93,7 +93,8 @@ def _stream_generation(
         if final is None or final.finish_reason == gpb.FINISH_REASON_UNSPECIFIED:
             stream.cancel()
     text = "".join(parts)
-    rec.service_ms = final.stats.total_ms
+    # time inside the generator: prompt preparation, waiting for the model, decoding
+    rec.service_ms = final.stats.prepare_ms + final.stats.queue_ms + final.stats.total_ms
     rec.output = {"text": text, "model": final.model, "seed": str(final.seed), "finish_reason":
                   gpb.FinishReason.Name(final.finish_reason), "stats": _j(final.stats)}
     return text, final
