@@ -64,6 +64,15 @@ TRAIN_TEMPLATES = (
     "a simple {c} {s} centered on plain {b}",
     "{b} backdrop, {c} {s}",
     "an icon: {c} {s}, {b} background",
+    # Added at step ~3660 of the shipped run, after the first 10 alone left the model binding
+    # colours by word order ("the background is X and ... is Y" swapped them): sentences where
+    # the background's colour comes first or is stated with "is".
+    "the {s} is {c} and the background is {b}",
+    "background: {b}. shape: {c} {s}",
+    "a {b} scene containing a {c} {s}",
+    "there is a {c} {s} on the {b} background",
+    "{b} background; the shape is a {c} {s}",
+    "the colour of the background is {b}, the {s} is {c}",
 )
 #: Sentence shapes never used in training (paraphrases for evaluation only).
 EVAL_TEMPLATES = (

@@ -152,6 +152,6 @@ def test_faithfulness_above_a_floor_on_a_small_fixed_set(core):
             hits["background"] += got.background == want.background
             hits["shape"] += got.shape == want.shape
     n = len(FLOOR_ITEMS)
-    assert hits["colour"] / n >= 0.75, hits
-    assert hits["background"] / n >= 0.75, hits
-    assert hits["shape"] / n >= 0.6, hits
+    assert hits["colour"] / n >= 0.6, hits  # chance: 0.125
+    assert hits["background"] / n >= 0.6, hits
+    assert hits["shape"] / n >= 0.75, hits  # chance: 0.33
