@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-fast protos lint bench deploy-check venv clean
+.PHONY: demo test test-fast protos lint bench deploy-check train-image venv clean
 
 venv: $(STAMP)
 
@@ -47,6 +47,12 @@ bench: protos
 	$(BIN)/python bench/retriever.py
 	$(BIN)/python bench/validator.py
 	$(BIN)/python bench/orchestrator.py
+	$(BIN)/python bench/image_speed.py
+	$(BIN)/python bench/image_quality.py
+
+# Retrain the default image model from scratch into models/image (CPU, about an hour on 2 cores).
+train-image: protos
+	$(BIN)/python -m services.image.train --out models/image --steps 6000 --threads 2
 
 deploy-check: protos
 	$(BIN)/python -m deploy.generate_k8s --check
