@@ -50,9 +50,10 @@ bench: protos
 	$(BIN)/python bench/image_speed.py
 	$(BIN)/python bench/image_quality.py
 
-# Retrain the default image model from scratch into models/image (CPU, about an hour on 2 cores).
+# Retrain the default image model from scratch into models/image (CPU: one to two hours on 2 cores;
+# niced so that it takes idle CPU only).
 train-image: protos
-	$(BIN)/python -m services.image.train --out models/image --steps 6000 --threads 2
+	nice -n 10 $(BIN)/python -m services.image.train --out models/image --steps 6000
 
 deploy-check: protos
 	$(BIN)/python -m deploy.generate_k8s --check
