@@ -49,4 +49,9 @@ def main(args: argparse.Namespace) -> int:
         answer = pb.AnswerInput(question=QUESTION, collection=COLLECTION, models=[args.model] if args.model else [])
         record = run_answer(client, pb.SubmitJobRequest(answer=answer))
     print(f"\n[demo finished in {time.perf_counter() - started:.1f} s, model loading included]")
+    if record.state == pb.JOB_STATE_FAILED and record.error_code == "FAILED_PRECONDITION":
+        # The pipeline worked and the validator said no: a legitimate outcome with a small model.
+        print("[the validator rejected every attempt; the record above shows why, and a larger model "
+              "(--model, or GENSTACK_ORCHESTRATOR_ANSWER_MODELS) usually passes]")
+        return 0
     return 0 if record.state == pb.JOB_STATE_SUCCEEDED else 1
