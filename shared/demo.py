@@ -14,7 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 COLLECTION = "genstack_docs"
-QUESTION = "Which transports can a genstack client use to call a service?"
+QUESTION = "What does the genstack validator return?"
 
 
 def project_docs() -> list[Path]:
