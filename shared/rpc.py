@@ -104,11 +104,19 @@ class ServiceApi:
     servicer_base: type
     add_to_server: Callable[[Any, Any], None]
 
+    def __init__(self, core: Any):
+        #: the service's plain core object; every transport calls into it through this API
+        self.core = core
+
     def warm_up(self) -> None:
         """Load models once; the gRPC health status turns SERVING after this returns."""
+        self.core.warm_up()
 
     def close(self) -> None:
         """Release resources at shutdown."""
+        close = getattr(getattr(self, "core", None), "close", None)
+        if close is not None:
+            close()
 
     @classmethod
     def methods(cls) -> dict[str, Method]:

@@ -64,15 +64,6 @@ class GeneratorApi(ServiceApi):
     servicer_base = pb_grpc.GeneratorServiceServicer
     add_to_server = staticmethod(pb_grpc.add_GeneratorServiceServicer_to_server)
 
-    def __init__(self, core: GeneratorCore):
-        self.core = core
-
-    def warm_up(self) -> None:
-        self.core.warm_up()
-
-    def close(self) -> None:
-        self.core.close()
-
     def Generate(self, request: pb.GenerateRequest, ctx: CallContext) -> pb.GenerateResponse:
         result = self.core.generate(to_core(request), _stopped(ctx))
         if result.finished.reason == FINISH_CANCELLED:

@@ -96,15 +96,6 @@ class ImageApi(ServiceApi):
     servicer_base = pb_grpc.ImageServiceServicer
     add_to_server = staticmethod(pb_grpc.add_ImageServiceServicer_to_server)
 
-    def __init__(self, core: ImageCore):
-        self.core = core
-
-    def warm_up(self) -> None:
-        self.core.warm_up()
-
-    def close(self) -> None:
-        self.core.close()
-
     def GenerateImage(self, request: pb.GenerateImageRequest, ctx: CallContext) -> pb.GenerateImageResponse:
         try:
             result = self.core.generate(to_core(request), _stopped(ctx))

@@ -17,15 +17,6 @@ class OrchestratorApi(ServiceApi):
     servicer_base = pb_grpc.OrchestratorServiceServicer
     add_to_server = staticmethod(pb_grpc.add_OrchestratorServiceServicer_to_server)
 
-    def __init__(self, core: OrchestratorCore):
-        self.core = core
-
-    def warm_up(self) -> None:
-        self.core.warm_up()
-
-    def close(self) -> None:
-        self.core.close()
-
     def SubmitJob(self, request: pb.SubmitJobRequest, ctx: CallContext) -> pb.SubmitJobResponse:
         job, created = self.core.submit(request)
         return pb.SubmitJobResponse(job_id=job.job_id, created=created, state=job.state)

@@ -133,15 +133,6 @@ class RetrieverApi(ServiceApi):
     servicer_base = pb_grpc.RetrieverServiceServicer
     add_to_server = staticmethod(pb_grpc.add_RetrieverServiceServicer_to_server)
 
-    def __init__(self, core: Retriever):
-        self.core = core
-
-    def warm_up(self) -> None:
-        self.core.warm_up()
-
-    def close(self) -> None:
-        self.core.close()
-
     def IngestDocuments(self, request: pb.IngestDocumentsRequest, ctx: CallContext) -> pb.IngestDocumentsResponse:
         return self.ingest(request, ctx)
 

@@ -86,12 +86,6 @@ class ValidatorApi(ServiceApi):
     servicer_base = validator_pb2_grpc.ValidatorServiceServicer
     add_to_server = staticmethod(validator_pb2_grpc.add_ValidatorServiceServicer_to_server)
 
-    def __init__(self, core: Validator):
-        self.core = core
-
-    def warm_up(self) -> None:
-        self.core.warm_up()
-
     def Validate(self, request: validator_pb2.ValidateRequest, ctx: CallContext) -> validator_pb2.ValidateResponse:
         ctx.check()
         verdict = self.core.validate(
