@@ -164,4 +164,7 @@ class Server:
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-        done.wait()
+        # Wake up regularly: Python runs signal handlers only when the main thread executes
+        # bytecode, and a wait without a timeout left SIGTERM unhandled for seconds in tests.
+        while not done.wait(0.2):
+            pass
