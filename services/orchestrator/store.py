@@ -6,13 +6,21 @@ so a watcher that reconnects with the last id it saw misses nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import redis
+import tenacity
+
+from shared.errors import Unavailable
+
+log = logging.getLogger(__name__)
 
 TERMINAL_EVENTS = frozenset({"job.succeeded", "job.failed", "job.cancelled"})
 
@@ -34,13 +42,17 @@ class JobStore:
         """Store a new job; with a key already used, return (existing id, False)."""
         raise NotImplementedError
 
-    def save(self, job_id: str, record: dict, state: int) -> None:
+    def save(self, job_id: str, record: dict | Callable[[], dict], state: int) -> None:
+        """Store the record; a callable is called when the write happens (the Redis store writes
+        behind, so serialising moves off the job's thread too)."""
         raise NotImplementedError
 
     def load(self, job_id: str) -> dict | None:
         raise NotImplementedError
 
-    def append_event(self, job_id: str, type_: str, step: str, data: dict, state: int) -> str:
+    def append_event(self, job_id: str, type_: str, step: str, data: dict, state: int, after: str = "") -> str:
+        """Append an event and return its id. `after` is the job's previous event id, when the
+        caller knows it: the Redis store then writes behind and still returns the id at once."""
         raise NotImplementedError
 
     def events(self, job_id: str, after: str, block_s: float) -> list[StoredEvent]:
@@ -59,6 +71,14 @@ class JobStore:
 
     def finish(self, job_id: str) -> None:
         """Apply retention to a finished job."""
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Writes made inside reach readers together (an event and the record it describes)."""
+        yield
+
+    def flush(self) -> None:
+        """Wait until every write made so far is stored; raises Unavailable when some failed."""
 
 
 class MemoryJobStore(JobStore):
@@ -84,14 +104,14 @@ class MemoryJobStore(JobStore):
 
     def save(self, job_id, record, state):
         with self._lock:
-            self._records[job_id] = record
+            self._records[job_id] = record() if callable(record) else record
 
     def load(self, job_id):
         with self._lock:
             rec = self._records.get(job_id)
             return json.loads(json.dumps(rec)) if rec is not None else None
 
-    def append_event(self, job_id, type_, step, data, state):
+    def append_event(self, job_id, type_, step, data, state, after=""):
         with self._lock:
             log = self._events.setdefault(job_id, [])
             event = StoredEvent(str(len(log) + 1), type_, step, data, time.time(), state)
@@ -127,11 +147,21 @@ class MemoryJobStore(JobStore):
 
 
 class RedisJobStore(JobStore):
+    """Records in a hash and events in a stream per job.
+
+    A running job's writes (its events and record saves, about twenty per answer job) go through
+    a write-behind queue: one thread sends them in order, several per round trip, so a job does
+    not wait on Redis between its steps. Event ids are allocated on the caller's side from the
+    previous id, so they are known at once; a job ends with `flush()`, which waits for every
+    write and reports a failed one.
+    """
+
     PREFIX = "genstack:job:"
 
     def __init__(self, url: str, retention_s: int) -> None:
         self.r = redis.Redis.from_url(url)
         self.retention_s = retention_s
+        self._writer = _WriteBehind(self.r)
 
     def _key(self, job_id: str, suffix: str = "") -> str:
         return f"{self.PREFIX}{job_id}{suffix}"
@@ -150,15 +180,26 @@ class RedisJobStore(JobStore):
         return job_id, True
 
     def save(self, job_id, record, state):
-        self.r.hset(self._key(job_id), mapping={"record": json.dumps(record), "state": state})
+        key = self._key(job_id)
+
+        def write(pipe):
+            doc = record() if callable(record) else record
+            pipe.hset(key, mapping={"record": json.dumps(doc), "state": state})
+
+        self._writer.put(write)
 
     def load(self, job_id):
         raw = self.r.hget(self._key(job_id), "record")
         return json.loads(raw) if raw else None
 
-    def append_event(self, job_id, type_, step, data, state):
+    def append_event(self, job_id, type_, step, data, state, after=""):
         fields = {"type": type_, "step": step, "data": json.dumps(data), "time": repr(time.time()), "state": state}
-        return self.r.xadd(self._key(job_id, ":events"), fields).decode()
+        key = self._key(job_id, ":events")
+        if not after:
+            return self.r.xadd(key, fields).decode()
+        event_id = next_stream_id(after)
+        self._writer.put(lambda pipe: pipe.xadd(key, fields, id=event_id))
+        return event_id
 
     def events(self, job_id, after, block_s):
         key = self._key(job_id, ":events")
@@ -186,8 +227,108 @@ class RedisJobStore(JobStore):
         return [i.decode() for i in self.r.zrevrange("genstack:jobs", start, start + count - 1)]
 
     def finish(self, job_id):
-        for suffix in ("", ":events", ":cancel"):
-            self.r.expire(self._key(job_id, suffix), self.retention_s)
+        keys = [self._key(job_id, suffix) for suffix in ("", ":events", ":cancel")]
+
+        def write(pipe):
+            for key in keys:
+                pipe.expire(key, self.retention_s)
+
+        self._writer.put(write)
+
+    def batch(self):
+        return self._writer.batch()
+
+    def flush(self):
+        self._writer.flush()
+
+
+def next_stream_id(after: str) -> str:
+    """The next Redis stream id after `after`: the current millisecond, or `after`'s sequence + 1
+    when the clock has not moved past it (ids only grow, even if the clock steps back)."""
+    last_ms, _, last_seq = after.partition("-")
+    now_ms = int(time.time() * 1000)
+    if now_ms > int(last_ms):
+        return f"{now_ms}-0"
+    return f"{last_ms}-{int(last_seq or 0) + 1}"
+
+
+class _WriteBehind:
+    """Sends queued Redis writes from one thread, in order, all waiting ones per round trip.
+
+    Each batch is a MULTI/EXEC transaction, so what `batch()` groups becomes visible at once.
+    A connection error is retried with backoff for a few seconds; a write that still fails is
+    logged and reported by the next `flush()`.
+    """
+
+    def __init__(self, r: redis.Redis) -> None:
+        self.r = r
+        self._queue: queue.Queue = queue.Queue()
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._errors: list[str] = []
+
+    def put(self, write: Callable) -> None:
+        held = getattr(self._local, "held", None)
+        if held is not None:
+            held.append(write)
+            return
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="job-store-writer", daemon=True)
+                self._thread.start()
+        self._queue.put(write)
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        outer = getattr(self._local, "held", None)
+        if outer is not None:  # nested: the outermost batch sends
+            yield
+            return
+        self._local.held = held = []
+        try:
+            yield
+        finally:
+            self._local.held = None
+            if held:
+                self.put(lambda pipe: [write(pipe) for write in held])
+
+    def flush(self) -> None:
+        self._queue.join()
+        with self._lock:
+            errors, self._errors = self._errors, []
+        if errors:
+            raise Unavailable(f"the job store could not save {len(errors)} write(s): {errors[0]}")
+
+    def _loop(self) -> None:
+        while True:
+            writes = [self._queue.get()]
+            while True:
+                try:
+                    writes.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._send(writes)
+            except Exception as exc:  # noqa: BLE001 - reported through flush()
+                log.error("job store write failed after retries: %s", exc)
+                with self._lock:
+                    self._errors.append(f"{type(exc).__name__}: {exc}")
+            finally:
+                for _ in writes:
+                    self._queue.task_done()
+
+    @tenacity.retry(
+        retry=tenacity.retry_if_exception_type((redis.ConnectionError, redis.TimeoutError)),
+        wait=tenacity.wait_exponential(multiplier=0.05, max=1.0),
+        stop=tenacity.stop_after_delay(5),
+        reraise=True,
+    )
+    def _send(self, writes: list[Callable]) -> None:
+        pipe = self.r.pipeline(transaction=True)
+        for write in writes:
+            write(pipe)
+        pipe.execute()
 
 
 def iter_events(store: JobStore, job_id: str, after: str, stop) -> Iterator[StoredEvent]:

@@ -9,9 +9,9 @@ import pytest
 
 from services.orchestrator import context as ctx
 from services.orchestrator.pipelines import SHIPPED, load_pipelines, pick
-from services.orchestrator.store import MemoryJobStore, RedisJobStore, iter_events
+from services.orchestrator.store import MemoryJobStore, RedisJobStore, iter_events, next_stream_id
 from shared.config import get_settings
-from shared.errors import FailedPrecondition, InvalidArgument
+from shared.errors import FailedPrecondition, InvalidArgument, Unavailable
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -55,6 +55,54 @@ def test_cancel_flag(store):
     assert not store.cancel_requested(job)
     store.request_cancel(job)
     assert store.cancel_requested(job)
+
+
+def test_events_written_behind_keep_their_ids_and_order(store):
+    job = uuid.uuid4().hex
+    store.create(job, {}, "generate", 1, "")
+    last = store.append_event(job, "job.queued", "", {}, 1)
+    ids = [last]
+    for i in range(20):
+        last = store.append_event(job, f"e{i}", "", {"i": i}, 2, after=last)
+        ids.append(last)
+    store.flush()
+    events = store.events(job, "", 0)
+    assert [e.event_id for e in events] == ids
+    assert [e.type for e in events][1:] == [f"e{i}" for i in range(20)]
+
+
+def test_a_batch_becomes_visible_at_once(store):
+    job = uuid.uuid4().hex
+    store.create(job, {"v": 0}, "generate", 1, "")
+    last = store.append_event(job, "job.queued", "", {}, 1)
+    with store.batch():
+        store.append_event(job, "job.succeeded", "", {}, 3, after=last)
+        store.save(job, lambda: {"v": 1}, 3)
+        if isinstance(store, RedisJobStore):
+            store.flush()  # nothing is sent until the batch closes
+            assert [e.type for e in store.events(job, "", 0)] == ["job.queued"]
+            assert store.load(job) == {"v": 0}
+    store.flush()
+    assert [e.type for e in store.events(job, "", 0)] == ["job.queued", "job.succeeded"]
+    assert store.load(job) == {"v": 1}
+
+
+def test_a_failed_write_behind_is_reported_by_flush(redis_client):
+    store = RedisJobStore(get_settings().redis_url, 60)
+    job = uuid.uuid4().hex
+    store.create(job, {}, "generate", 1, "")
+    first = store.append_event(job, "job.queued", "", {}, 1)
+    store.append_event(job, "late", "", {}, 2, after="1-0")  # an id below the stream's last one
+    with pytest.raises(Unavailable, match="could not save 1 write"):
+        store.flush()
+    store.flush()  # reported once; the store keeps working
+    assert [e.event_id for e in store.events(job, "", 0)] == [first]
+
+
+def test_stream_ids_only_grow():
+    assert next_stream_id("1-0") != "1-0" and int(next_stream_id("1-0").split("-")[0]) > 1
+    future = "99999999999999-4"  # a clock that stepped back: the sequence goes on
+    assert next_stream_id(future) == "99999999999999-5"
 
 
 def chunk(i, text, score):
