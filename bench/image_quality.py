@@ -32,26 +32,41 @@ from services.image.settings import ImageSettings  # noqa: E402
 ATTRS = ("colour", "background", "shape", "all")
 
 
-def score(pipe, items, steps: int, guidance: float, scheduler: str, batch: int = 40) -> dict[str, float]:
-    hits = dict.fromkeys(ATTRS, 0)
+def judge(pipe, items, steps: int, guidance: float, batch: int = 40) -> list[scenes.Scene | None]:
+    """What the checker reads from each prompt's image (seed = the prompt's index)."""
+    seen: list[scenes.Scene | None] = []
     for start in range(0, len(items), batch):
         chunk = items[start : start + batch]
         images = pipe(
-            [p for p, _, _ in chunk],
+            [item.prompt for item in chunk],
             num_inference_steps=steps,
             guidance_scale=guidance,
             generator=[torch.Generator().manual_seed(start + i) for i in range(len(chunk))],
             output_type="np",
         ).images
-        for img, (_, want, _) in zip(images, chunk, strict=True):
-            got = scenes.check((np.clip(img, 0, 1) * 255).round().astype(np.uint8))
-            if got is None:
-                continue
-            hits["colour"] += got.colour == want.colour
-            hits["background"] += got.background == want.background
-            hits["shape"] += got.shape == want.shape
-            hits["all"] += got == want
-    return {k: 100.0 * v / len(items) for k, v in hits.items()}
+        seen += [scenes.check((np.clip(img, 0, 1) * 255).round().astype(np.uint8)) for img in images]
+    return seen
+
+
+def accuracy(pairs) -> dict[str, float]:
+    """Per-attribute accuracy in % over (wanted, seen) pairs; an unreadable image counts as wrong."""
+    pairs = list(pairs)
+    hits = dict.fromkeys(ATTRS, 0)
+    for want, got in pairs:
+        if got is None:
+            continue
+        hits["colour"] += got.colour == want.colour
+        hits["background"] += got.background == want.background
+        hits["shape"] += got.shape == want.shape
+        hits["all"] += got == want
+    return {k: 100.0 * v / max(1, len(pairs)) for k, v in hits.items()}
+
+
+def row(label: str, guidance: float, pairs) -> str:
+    pairs = list(pairs)
+    s = accuracy(pairs)
+    return (f"| {label} | {guidance:g} | {len(pairs)} | {s['colour']:.1f} | {s['background']:.1f} | "
+            f"{s['shape']:.1f} | {s['all']:.1f} |")
 
 
 def main() -> int:
@@ -71,28 +86,30 @@ def main() -> int:
     pipe = core.pipeline()  # the service's own loading path
     pipe.scheduler = core._scheduler(pipe, args.scheduler)
     items = scenes.eval_prompts(args.prompts)
-    plain = [it for it in items if not it[2]]
-    synonyms = [it for it in items if it[2]]
-    print(f"model {core.source()} · {len(items)} held-out prompts ({len(synonyms)} with unseen synonyms) · "
+    n_syn = sum(item.synonym for item in items)
+    print(f"model {core.source()} · {len(items)} held-out prompts ({n_syn} with unseen synonyms) · "
           f"{args.steps} steps {args.scheduler} · torch threads {torch.get_num_threads()}\n")
     print("| prompts | guidance | n | colour % | background % | shape % | all three % |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     t0 = time.perf_counter()
     for g in args.guidance:
-        rows = [("all held-out", items), ("  plain wording", plain), ("  unseen synonyms", synonyms)]
-        for label, subset in rows:
-            s = score(pipe, subset, args.steps, g, args.scheduler)
-            print(f"| {label} | {g:g} | {len(subset)} | {s['colour']:.1f} | {s['background']:.1f} | "
-                  f"{s['shape']:.1f} | {s['all']:.1f} |", flush=True)
+        seen = judge(pipe, items, args.steps, g)
+        pairs = [(item, item.scene, got) for item, got in zip(items, seen, strict=True)]
+        print(row("all held-out", g, ((w, s) for _, w, s in pairs)))
+        print(row("  plain wording", g, ((w, s) for i, w, s in pairs if not i.synonym)))
+        print(row("  unseen synonyms", g, ((w, s) for i, w, s in pairs if i.synonym)))
+        for t, template in enumerate(scenes.EVAL_TEMPLATES):
+            print(row(f"  \"{template}\"", g, ((w, s) for i, w, s in pairs if i.template == t)))
         if args.raw:
+            synonyms = [item for item in items if item.synonym]
             aliases = pipe.config.prompt_aliases
             pipe.register_to_config(prompt_aliases={})
             try:
-                s = score(pipe, synonyms, args.steps, g, args.scheduler)
+                raw = judge(pipe, synonyms, args.steps, g)
             finally:
                 pipe.register_to_config(prompt_aliases=aliases)
-            print(f"| unseen synonyms, no synonym table | {g:g} | {len(synonyms)} | {s['colour']:.1f} | "
-                  f"{s['background']:.1f} | {s['shape']:.1f} | {s['all']:.1f} |", flush=True)
+            raw_pairs = ((i.scene, s) for i, s in zip(synonyms, raw, strict=True))
+            print(row("unseen synonyms, no synonym table", g, raw_pairs))
     print(f"\n({time.perf_counter() - t0:.0f} s; chance: colours 12.5 %, shape 33.3 %)")
     return 0
 

