@@ -62,6 +62,10 @@ def run_answer(client, request, out=sys.stdout) -> object:
                     out.write(f"\n\n[retry {attempt - 1}: the validator rejected the answer]\n")
             out.write(data["delta"])
             out.flush()
+        elif e.type == "answer.cited":
+            marks = ", ".join(f"[{a['source']}]" for a in data.get("added", []))
+            out.write(f"\n[citations attached where one source supports the sentence: {marks}]\n{data['answer']}")
+            out.flush()
         elif e.type == "step.failed":
             out.write(f"\n[{e.step} failed: {data.get('error')}]\n")
     job = client.get_job(submitted.job_id)

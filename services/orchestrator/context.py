@@ -100,3 +100,49 @@ def is_refusal(answer: str) -> bool:
 
 def cited_numbers(answer: str) -> set[int]:
     return {int(n) for body in re.findall(r"\[(\d+(?:\s*,\s*\d+)*)\]", answer) for n in re.split(r"\s*,\s*", body)}
+
+
+# -- citations attached after generation ------------------------------------------------------------
+# Small models often answer from the sources but leave out the [n] markers. A sentence whose content
+# words mostly occur in one source (and whose numbers all do) gets that source's number; anything
+# else is left alone for the validator to judge, so this never makes an unsupported claim look cited.
+
+_STOPWORDS = frozenset(
+    "a an the of to in on and or is are was were be been being it its this that these those for with as by at "
+    "from which who whom what when where how why does do did can could will would should may might their his "
+    "her they them there than then so such not no also into about over after before only each every any all "
+    "has have had".split()
+)
+_SENTENCE_BREAK = re.compile(r"((?<=[.!?])\s+|\n+)")
+_CITED = re.compile(r"\[\d+(?:\s*,\s*\d+)*\]")
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+
+
+def _content_words(text: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z0-9]+", text.lower()) if len(w) > 1 and w not in _STOPWORDS}
+
+
+def attach_citations(answer: str, chunks: list[Chunk], min_support: float = 0.6,
+                     min_words: int = 3) -> tuple[str, list[dict]]:
+    """(answer with [n] added to uncited sentences a single source supports, what was added)."""
+    sources = [(_content_words(c.text), set(_NUMBER.findall(c.text))) for c in chunks]
+    parts = _SENTENCE_BREAK.split(answer)
+    added = []
+    for i in range(0, len(parts), 2):  # odd indices are the breaks between sentences
+        sentence = parts[i]
+        words = _content_words(sentence)
+        if not sentence.strip() or _CITED.search(sentence) or len(words) < min_words:
+            continue
+        numbers = set(_NUMBER.findall(sentence))
+        best, support = 0, 0.0
+        for n, (source_words, source_numbers) in enumerate(sources, 1):
+            share = len(words & source_words) / len(words)
+            if share > support and numbers <= source_numbers:
+                best, support = n, share
+        if support < min_support:
+            continue
+        body = sentence.rstrip()
+        end = len(body.rstrip(".!?"))
+        parts[i] = f"{body[:end]} [{best}]{body[end:]}{sentence[len(body):]}"
+        added.append({"sentence": sentence.strip()[:200], "source": best, "support": round(support, 2)})
+    return "".join(parts), added

@@ -35,12 +35,14 @@ class Pipeline(BaseModel):
 SHIPPED: dict[str, Pipeline] = {
     "answer": Pipeline(
         kind="answer",
-        description="RAG: retrieve, build a numbered context, generate a cited answer, validate; re-ask with the "
-        "validator's feedback (escalating along the model cascade) until it passes or retries run out",
+        description="RAG: retrieve, build a numbered context, generate a cited answer, attach citations the model "
+        "left out where one source clearly supports a sentence, validate; re-ask with the validator's feedback "
+        "(escalating along the model cascade) until it passes or retries run out",
         steps=[
             StepDef(name="retrieve"),
             StepDef(name="build_context"),
             StepDef(name="generate_answer"),
+            StepDef(name="cite_answer", params={"min_support": 0.6}),
             StepDef(name="validate_answer", params={"policy": "rag-answer"}),
         ],
         retry=RetryRule(on="validate_answer", restart_at="generate_answer", max_retries=2),

@@ -126,6 +126,24 @@ def generate_answer(run, params: dict) -> None:
     run.state.update(answer=text.strip(), model=final.model, answered=not ctxmod.is_refusal(text))
 
 
+@step("cite_answer")
+def cite_answer(run, params: dict) -> None:
+    """Attach [n] to uncited answer sentences that one source clearly supports (see context.py)."""
+    if not run.state.get("answered", True):
+        return
+    attempt = run.state.get("attempt", 1)
+    answer = run.state["answer"]
+    with run.step("cite_answer", "", {"answer": answer}, attempt=attempt) as rec:
+        cited, added = ctxmod.attach_citations(answer, run.state["sources"],
+                                               min_support=params.get("min_support", 0.6))
+        rec.output = {"added": added, "answer": cited}
+        if not added:
+            rec.status = "unchanged"
+    if added:
+        run.state["answer"] = cited
+        run.emit("answer.cited", "cite_answer", {"answer": cited, "added": added, "attempt": attempt})
+
+
 @step("validate_answer")
 def validate_answer(run, params: dict) -> str | None:
     a = run.job.request.answer

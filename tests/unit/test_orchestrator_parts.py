@@ -91,12 +91,12 @@ def test_a_failed_write_behind_is_reported_by_flush(redis_client):
     store = RedisJobStore(get_settings().redis_url, 60)
     job = uuid.uuid4().hex
     store.create(job, {}, "generate", 1, "")
-    first = store.append_event(job, "job.queued", "", {}, 1)
+    first = store.append_event(job, "job.queued", "", {}, 1, after="99999999999998-0")  # far in the future
     store.append_event(job, "late", "", {}, 2, after="1-0")  # an id below the stream's last one
     with pytest.raises(Unavailable, match="could not save 1 write"):
         store.flush()
     store.flush()  # reported once; the store keeps working
-    assert [e.event_id for e in store.events(job, "", 0)] == [first]
+    assert [e.event_id for e in store.events(job, "", 0)] == [first] == ["99999999999998-1"]
 
 
 def test_stream_ids_only_grow():
@@ -131,9 +131,26 @@ def test_citations_and_refusals_are_recognised():
     assert not ctx.is_refusal("Paris is the capital [1].")
 
 
+def test_citations_are_attached_only_where_one_source_supports_the_sentence():
+    sources = [
+        chunk(1, "Tokyo is the capital of Japan. It hosted the Summer Olympics in 1964 and 2021.", 0.9),
+        chunk(2, "The Eiffel Tower in Paris was completed in 1889 for the World's Fair.", 0.8),
+    ]
+    answer = ("The Eiffel Tower in Paris was completed in 1889.\nTokyo hosted the Summer Olympics in 1964! "
+              "Tokyo is the capital of Japan [1]. The Eiffel Tower was completed in 1925. Bees dance at dawn.")
+    cited, added = ctx.attach_citations(answer, sources)
+    assert cited == ("The Eiffel Tower in Paris was completed in 1889 [2].\nTokyo hosted the Summer Olympics "
+                     "in 1964 [1]! Tokyo is the capital of Japan [1]. The Eiffel Tower was completed in 1925. "
+                     "Bees dance at dawn.")
+    assert [(a["source"], a["support"]) for a in added] == [(2, 1.0), (1, 1.0)]
+    # a wrong number or a claim no source makes stays uncited: the validator sees it as it is
+    assert ctx.attach_citations("It opened in 1925 in Paris.", sources) == ("It opened in 1925 in Paris.", [])
+    assert ctx.attach_citations(ctx.NOT_IN_SOURCES, sources)[1] == []
+
+
 def test_pipelines_are_data_and_checked(tmp_path):
     assert [s.name for s in SHIPPED["answer"].steps] == ["retrieve", "build_context", "generate_answer",
-                                                         "validate_answer"]
+                                                         "cite_answer", "validate_answer"]
     f = tmp_path / "p.json"
     f.write_text('{"quick-answer": {"kind": "answer", "steps": [{"name": "retrieve"}, {"name": "build_context"},'
                  ' {"name": "generate_answer"}]}}')
