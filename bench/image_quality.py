@@ -29,8 +29,6 @@ from services.image import scenes  # noqa: E402
 from services.image.core import ImageCore  # noqa: E402
 from services.image.settings import ImageSettings  # noqa: E402
 
-ATTRS = ("colour", "background", "shape", "all")
-
 
 def judge(pipe, items, steps: int, guidance: float, batch: int = 40) -> list[scenes.Scene | None]:
     """What the checker reads from each prompt's image (seed = the prompt's index)."""
@@ -48,23 +46,9 @@ def judge(pipe, items, steps: int, guidance: float, batch: int = 40) -> list[sce
     return seen
 
 
-def accuracy(pairs) -> dict[str, float]:
-    """Per-attribute accuracy in % over (wanted, seen) pairs; an unreadable image counts as wrong."""
-    pairs = list(pairs)
-    hits = dict.fromkeys(ATTRS, 0)
-    for want, got in pairs:
-        if got is None:
-            continue
-        hits["colour"] += got.colour == want.colour
-        hits["background"] += got.background == want.background
-        hits["shape"] += got.shape == want.shape
-        hits["all"] += got == want
-    return {k: 100.0 * v / max(1, len(pairs)) for k, v in hits.items()}
-
-
 def row(label: str, guidance: float, pairs) -> str:
     pairs = list(pairs)
-    s = accuracy(pairs)
+    s = {k: 100.0 * v for k, v in scenes.accuracy(pairs).items()}
     return (f"| {label} | {guidance:g} | {len(pairs)} | {s['colour']:.1f} | {s['background']:.1f} | "
             f"{s['shape']:.1f} | {s['all']:.1f} |")
 

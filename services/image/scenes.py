@@ -276,3 +276,18 @@ def check(image: np.ndarray) -> Scene | None:
     fill = mask.sum() / box
     shape = "square" if fill > 0.9 else "circle" if fill > 0.64 else "triangle"
     return Scene(shape, colour, _nearest_colour(bg))
+
+
+def accuracy(pairs) -> dict[str, float]:
+    """Share right of each attribute (and of all three) over (wanted, seen) scene pairs; an image
+    the checker cannot read (seen is None) counts as wrong."""
+    pairs = list(pairs)
+    hits = {"colour": 0, "background": 0, "shape": 0, "all": 0}
+    for want, got in pairs:
+        if got is None:
+            continue
+        hits["colour"] += got.colour == want.colour
+        hits["background"] += got.background == want.background
+        hits["shape"] += got.shape == want.shape
+        hits["all"] += got == want
+    return {k: v / max(1, len(pairs)) for k, v in hits.items()}

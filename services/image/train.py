@@ -73,17 +73,8 @@ def quick_eval(pipe, n: int, steps: int = 20, guidance: float = 1.5, seed: int =
         generator=torch.Generator().manual_seed(seed),
         output_type="np",
     ).images
-    hits = {"colour": 0, "background": 0, "shape": 0, "all": 0}
-    for img, item in zip(images, items, strict=True):
-        want = item.scene
-        got = scenes.check((img * 255).round().astype(np.uint8))
-        if got is None:
-            continue
-        hits["colour"] += got.colour == want.colour
-        hits["background"] += got.background == want.background
-        hits["shape"] += got.shape == want.shape
-        hits["all"] += got == want
-    return {k: v / len(items) for k, v in hits.items()}
+    seen = [scenes.check((img * 255).round().astype(np.uint8)) for img in images]
+    return scenes.accuracy(zip((item.scene for item in items), seen, strict=True))
 
 
 def train(args) -> None:
