@@ -87,6 +87,28 @@ def test_a_batch_becomes_visible_at_once(store):
     assert store.load(job) == {"v": 1}
 
 
+def test_concurrent_jobs_write_behind_without_mixing(store):
+    jobs = [uuid.uuid4().hex for _ in range(4)]
+
+    def run(job):
+        store.create(job, {}, "generate", 1, "")
+        last = store.append_event(job, "job.queued", "", {}, 1)
+        for i in range(50):
+            with store.batch():
+                last = store.append_event(job, "step", "", {"i": i}, 2, after=last)
+                store.save(job, lambda i=i: {"done": i}, 2)
+        store.flush()
+
+    threads = [threading.Thread(target=run, args=(job,)) for job in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    for job in jobs:
+        assert [e.data.get("i") for e in store.events(job, "", 0)][1:] == list(range(50))
+        assert store.load(job) == {"done": 49}
+
+
 def test_a_failed_write_behind_is_reported_by_flush(redis_client):
     store = RedisJobStore(get_settings().redis_url, 60)
     job = uuid.uuid4().hex
