@@ -57,6 +57,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="default", help="GENSTACK_IMAGE_MODEL value (default: models/image)")
     ap.add_argument("--prompts", type=int, default=120)
+    ap.add_argument("--validation", action="store_true",
+                    help="score the validation prompts (for choosing checkpoints or settings) instead")
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--guidance", type=float, nargs="+", default=[1.5])
     ap.add_argument("--scheduler", default="ddim", choices=["ddim", "dpm-solver++", "euler"])
@@ -69,7 +71,8 @@ def main() -> int:
     core = ImageCore(ImageSettings(model=args.model))
     pipe = core.pipeline()  # the service's own loading path
     pipe.scheduler = core._scheduler(pipe, args.scheduler)
-    items = scenes.eval_prompts(args.prompts)
+    templates = scenes.VALIDATION_TEMPLATES if args.validation else scenes.EVAL_TEMPLATES
+    items = scenes.validation_prompts(args.prompts) if args.validation else scenes.eval_prompts(args.prompts)
     n_syn = sum(item.synonym for item in items)
     print(f"model {core.source()} · {len(items)} held-out prompts ({n_syn} with unseen synonyms) · "
           f"{args.steps} steps {args.scheduler} · torch threads {torch.get_num_threads()}\n")
@@ -82,7 +85,7 @@ def main() -> int:
         print(row("all held-out", g, ((w, s) for _, w, s in pairs)))
         print(row("  plain wording", g, ((w, s) for i, w, s in pairs if not i.synonym)))
         print(row("  unseen synonyms", g, ((w, s) for i, w, s in pairs if i.synonym)))
-        for t, template in enumerate(scenes.EVAL_TEMPLATES):
+        for t, template in enumerate(templates):
             print(row(f"  \"{template}\"", g, ((w, s) for i, w, s in pairs if i.template == t)))
         if args.raw:
             synonyms = [item for item in items if item.synonym]

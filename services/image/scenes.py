@@ -130,7 +130,7 @@ def _families() -> tuple[tuple[str, ...], ...]:
 TEMPLATE_FAMILIES = _families()
 #: Every sentence shape used in training (a prefix such as "a picture of " may precede one).
 TRAIN_TEMPLATES = tuple(dict.fromkeys(t for family in TEMPLATE_FAMILIES for t in family))
-_FAMILY_WEIGHTS = (0.2, 0.4, 0.4)
+FAMILY_WEIGHTS = (0.2, 0.4, 0.4)
 _PREFIXES = ("a picture of ", "an image of ", "a drawing of ", "render ", "a photo of ", "an icon of ")
 
 
@@ -140,6 +140,14 @@ EVAL_TEMPLATES = (
     "on a {b} background there is a {c} {s}",
     "draw a {c} {s}; the background should be {b}",
     "the background is {b} and the {s} is {c}",
+)
+#: Sentence shapes for choosing between checkpoints and settings: unseen in training and not the
+#: benchmark's, so a choice made on them does not tune the model to the benchmark.
+VALIDATION_TEMPLATES = (
+    "a {c} {s} sits on a {b} background",
+    "the backdrop is {b} while the {s} is {c}",
+    "picture: {b} background and a {c} {s}",
+    "make the background {b} and the {s} {c}",
 )
 #: Synonyms the benchmark substitutes into prompts; none occurs in a training prompt.
 EVAL_SYNONYMS: dict[str, tuple[str, ...]] = {
@@ -196,9 +204,10 @@ def train_prompt(scene: Scene, template: int) -> str:
     return TRAIN_TEMPLATES[template].format(c=scene.colour, s=scene.shape, b=scene.background)
 
 
-def sample_train_prompt(scene: Scene, rng: np.random.Generator) -> str:
-    """A training prompt for the scene: a family, then a sentence shape in it, sometimes a prefix."""
-    family = TEMPLATE_FAMILIES[rng.choice(len(TEMPLATE_FAMILIES), p=_FAMILY_WEIGHTS)]
+def sample_train_prompt(scene: Scene, rng: np.random.Generator, weights: tuple[float, ...] = FAMILY_WEIGHTS) -> str:
+    """A training prompt for the scene: a family (hand-written, nouns, clauses) by `weights`, then a
+    sentence shape in it, sometimes a prefix."""
+    family = TEMPLATE_FAMILIES[rng.choice(len(TEMPLATE_FAMILIES), p=weights)]
     text = family[rng.integers(len(family))].format(c=scene.colour, s=scene.shape, b=scene.background)
     if family is TEMPLATE_FAMILIES[1] and rng.random() < 0.3:
         prefixed = _PREFIXES[rng.integers(len(_PREFIXES))] + text
@@ -214,21 +223,26 @@ class EvalPrompt(NamedTuple):
     template: int  # index into EVAL_TEMPLATES
 
 
-def eval_prompts(n: int = 120, seed: int = 1234) -> list[EvalPrompt]:
+def eval_prompts(n: int = 120, seed: int = 1234, templates: tuple[str, ...] = EVAL_TEMPLATES) -> list[EvalPrompt]:
     """Prompts about held-out scenes in unseen sentence shapes; every second one uses synonyms."""
     rng = random.Random(seed)
     _, held = split_scenes()
     out = []
     for i in range(n):
         scene = held[i % len(held)]
-        template = (i // len(held) + i) % len(EVAL_TEMPLATES)
+        template = (i // len(held) + i) % len(templates)
         words = {"c": scene.colour, "s": scene.shape, "b": scene.background}
         synonym = i % 2 == 1
         if synonym:
             for key in rng.sample(["c", "s", "b"], 2):
                 words[key] = rng.choice(EVAL_SYNONYMS[words[key]])
-        out.append(EvalPrompt(EVAL_TEMPLATES[template].format(**words), scene, synonym, template))
+        out.append(EvalPrompt(templates[template].format(**words), scene, synonym, template))
     return out
+
+
+def validation_prompts(n: int = 120, seed: int = 4321) -> list[EvalPrompt]:
+    """Like eval_prompts, in VALIDATION_TEMPLATES: what training-time checks and model choices use."""
+    return eval_prompts(n, seed, VALIDATION_TEMPLATES)
 
 
 def render(scene: Scene, rng: np.random.Generator, size: int = SIZE) -> np.ndarray:
