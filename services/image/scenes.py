@@ -5,10 +5,12 @@ A scene is (shape, colour, background): 3 shapes x 8 colours x 7 other backgroun
 them, and checks a generated image against its prompt, so the trainer and the faithfulness
 benchmark agree on what "right" means.
 
-Prompts come in three vocabularies. TRAIN_TEMPLATES and the canonical words are what the model
-sees in training. PROMPT_ALIASES maps synonyms ("scarlet", "box") to canonical words before
-encoding; the pipeline applies it, so synonyms need no training. EVAL_TEMPLATES and the words in
-EVAL_ONLY_WORDS never occur in a training prompt: the benchmark uses them to measure paraphrases.
+Prompts come in separate vocabularies. TRAIN_TEMPLATES (a grammar of sentence shapes) and the
+canonical words are what the model sees in training. PROMPT_ALIASES maps synonyms ("scarlet",
+"box") to canonical words before encoding; the pipeline applies it, so synonyms need no training.
+EVAL_TEMPLATES and the words in EVAL_ONLY_WORDS never occur in a training prompt: the benchmark
+uses them to measure paraphrases. VALIDATION_TEMPLATES, in neither set, are for choosing
+checkpoints and settings without tuning to the benchmark.
 """
 
 from __future__ import annotations
