@@ -121,6 +121,19 @@ def test_a_failed_write_behind_is_reported_by_flush(redis_client):
     assert [e.event_id for e in store.events(job, "", 0)] == [first] == ["99999999999998-1"]
 
 
+def test_finished_jobs_are_kept_for_the_configured_retention(redis_client):
+    store = RedisJobStore(get_settings().redis_url, 123)
+    job = uuid.uuid4().hex
+    store.create(job, {}, "generate", 1, "")
+    store.append_event(job, "job.queued", "", {}, 1)
+    store.request_cancel(job)
+    assert redis_client.ttl(f"genstack:job:{job}") == -1  # no expiry while the job lives
+    store.finish(job)
+    store.flush()
+    for suffix in ("", ":events", ":cancel"):
+        assert 120 <= redis_client.ttl(f"genstack:job:{job}{suffix}") <= 123
+
+
 def test_stream_ids_only_grow():
     assert next_stream_id("1-0") != "1-0" and int(next_stream_id("1-0").split("-")[0]) > 1
     future = "99999999999999-4"  # a clock that stepped back: the sequence goes on
