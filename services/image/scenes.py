@@ -84,7 +84,14 @@ _SHAPE_NOUN = (
     "a {c} {s}", "one {c} {s}", "the {c} {s}", "a single {c} {s}", "a small {c} {s}", "a big {c} {s}",
     "{c} {s}", "a {s} that is {c}", "a {s} coloured {c}", "a {s} in {c}", "a {c} coloured {s}",
 )
-_SHAPE_CLAUSE = ("the {s} is {c}", "the shape is a {c} {s}", "the {s} colour is {c}", "it has a {c} {s}")
+# Clauses that name the colour after the shape ("the circle is red") were the model's weak spot: it
+# bound a trailing colour by position (measured per sentence shape: 66-79 % right against 100 % for
+# "the shape is a red circle"), so there are several verbs for it and a family of their own.
+_SHAPE_CLAUSE_COLOUR_AFTER = (
+    "the {s} is {c}", "the {s} colour is {c}", "the {s} looks {c}", "the {s} is coloured {c}",
+    "the {s} is painted {c}",
+)
+_SHAPE_CLAUSE = ("the shape is a {c} {s}", "it has a {c} {s}", *_SHAPE_CLAUSE_COLOUR_AFTER)
 _BG_NOUN = (
     "a {b} background", "the {b} background", "a plain {b} background", "{b} background", "a {b} backdrop",
     "a {b} wall", "a {b} canvas", "plain {b}", "{b}",
@@ -103,7 +110,7 @@ _PIECE = re.compile(r"[A-Za-z]+|[^A-Za-z\s]")
 
 
 def _families() -> tuple[tuple[str, ...], ...]:
-    """(hand-written, noun phrases joined, clauses joined) sentence shapes."""
+    """(hand-written, noun phrases joined, a noun phrase and a clause, two clauses) sentence shapes."""
     nouns = []
     for s in _SHAPE_NOUN:
         for b in _BG_NOUN:
@@ -111,20 +118,20 @@ def _families() -> tuple[tuple[str, ...], ...]:
             if b[0] != "{":  # "blue with a red circle" reads badly without an article
                 nouns += [j.format(S=s, B=b) for j in _BG_FIRST_JOINS]
     noun_and_clause = ("{S}, {B}", "{S}; {B}", "{S} where {B}", "{B} with {S}", "{B}, {S}")
-    clauses = [j.format(S=s, B=b) for s in _SHAPE_NOUN for b in _BG_CLAUSE for j in noun_and_clause]
-    clauses += [
+    mixed = [j.format(S=s, B=b) for s in _SHAPE_NOUN for b in _BG_CLAUSE for j in noun_and_clause]
+    clauses = [
         j.format(S=s, B=b)
         for s in _SHAPE_CLAUSE
         for b in _BG_CLAUSE
         for j in _CLAUSE_JOINS
-        # the evaluation's "<background clause> and the <shape> is <colour>" and its near twin stay out
+        # the evaluation's "<background clause> and the <shape> is <colour>" and its near twins stay out
         if not (j == "{B} and {S}" and s.startswith("the {s}"))
     ]
 
     def fits(template: str) -> bool:  # with the longest words, room left for a prefix
         return len(_PIECE.findall(template.format(c="purple", s="triangle", b="orange"))) <= MAX_PROMPT_PIECES - 3
 
-    return HAND_TEMPLATES, tuple(filter(fits, dict.fromkeys(nouns))), tuple(filter(fits, dict.fromkeys(clauses)))
+    return (HAND_TEMPLATES, *(tuple(filter(fits, dict.fromkeys(f))) for f in (nouns, mixed, clauses)))
 
 
 # The evaluation's sentence shapes stay out: never "showing", "should", "on <background> there is",
@@ -132,7 +139,7 @@ def _families() -> tuple[tuple[str, ...], ...]:
 TEMPLATE_FAMILIES = _families()
 #: Every sentence shape used in training (a prefix such as "a picture of " may precede one).
 TRAIN_TEMPLATES = tuple(dict.fromkeys(t for family in TEMPLATE_FAMILIES for t in family))
-FAMILY_WEIGHTS = (0.2, 0.4, 0.4)
+FAMILY_WEIGHTS = (0.15, 0.3, 0.2, 0.35)
 _PREFIXES = ("a picture of ", "an image of ", "a drawing of ", "render ", "a photo of ", "an icon of ")
 
 
@@ -207,8 +214,8 @@ def train_prompt(scene: Scene, template: int) -> str:
 
 
 def sample_train_prompt(scene: Scene, rng: np.random.Generator, weights: tuple[float, ...] = FAMILY_WEIGHTS) -> str:
-    """A training prompt for the scene: a family (hand-written, nouns, clauses) by `weights`, then a
-    sentence shape in it, sometimes a prefix."""
+    """A training prompt for the scene: a family of TEMPLATE_FAMILIES by `weights`, then a sentence
+    shape in it, sometimes a prefix."""
     family = TEMPLATE_FAMILIES[rng.choice(len(TEMPLATE_FAMILIES), p=weights)]
     text = family[rng.integers(len(family))].format(c=scene.colour, s=scene.shape, b=scene.background)
     if family is TEMPLATE_FAMILIES[1] and rng.random() < 0.3:
