@@ -30,10 +30,12 @@ from shared.errors import FailedPrecondition, InvalidArgument
 SHIPPED: tuple[Policy, ...] = (
     Policy(
         "rag-answer",
-        "An answer generated from retrieved sources: bounded length, citations to existing sources, no personal "
-        "data, every sentence grounded in the sources, no prompt injection in the request or the sources.",
+        "An answer generated from retrieved sources: bounded length, no looping repetition, citations to existing "
+        "sources, no personal data, every sentence grounded in the sources, no prompt injection in the request or "
+        "the sources.",
         [
             CheckSpec("length", {"min_chars": 1, "max_chars": 8000}),
+            CheckSpec("repetition", {}),
             CheckSpec("citations", {"required": True}),
             CheckSpec("pii", {}),
             CheckSpec("groundedness", {"threshold": 0.5}),

@@ -39,7 +39,8 @@ def test_the_four_shipped_policies_are_listed(validator):
 def test_rag_answer_passes_a_grounded_cited_answer(validator):
     v = validator.validate(Artifact.of_text(GOOD), Context("How tall is it?", SOURCES), "rag-answer")
     assert v.passed and v.policy == "rag-answer" and v.feedback == ""
-    assert [r.name for r in v.results] == ["length", "citations", "pii", "groundedness", "prompt_injection"]
+    assert [r.name for r in v.results] == ["length", "repetition", "citations", "pii", "groundedness",
+                                           "prompt_injection"]
 
 
 def test_rag_answer_feedback_lists_every_failed_check(validator):
@@ -111,10 +112,10 @@ def test_user_policies_from_yaml_extend_shipped_ones(tmp_path):
     by_name = {p.name: p for p in v.policies()}
     short = by_name["short-answer"]
     assert short.origin == str(path)
-    assert [c.key for c in short.checks] == ["length", "citations", "pii", "groundedness", "prompt_injection",
-                                            "banned_terms"]
+    assert [c.key for c in short.checks] == ["length", "repetition", "citations", "pii", "groundedness",
+                                            "prompt_injection", "banned_terms"]
     assert short.checks[0].params == {"max_chars": 80}
-    assert by_name["strict-short"].checks[1].params == {"every_sentence": True}
+    assert by_name["strict-short"].checks[2].params == {"every_sentence": True}
     verdict = v.validate(Artifact.of_text(GOOD + " A revolutionary tower, really."), Context("q", SOURCES),
                          "short-answer")
     assert not verdict.result("length").passed and "at most 80 characters" in verdict.feedback

@@ -183,3 +183,40 @@ def test_case_sensitive_matching(validator):
 def test_empty_term_list_is_invalid_argument(validator):
     with pytest.raises(InvalidArgument, match="at least one non-blank term"):
         run(validator, "banned_terms", "x", terms=["  "])
+
+
+# -- repetition ---------------------------------------------------------------------------------
+
+LOOP = ("The validator checks the generator's output against the generator's output [1]. "
+        "The validator checks the generator's output against the generator's output [1]. "
+        "The validator checks the generator's output against the generator's output [1].")
+
+
+def test_a_looping_answer_fails_with_the_repeated_phrase(validator):
+    # The degenerate answer smollm2-135m gave in a `genstack up` run, which used to pass rag-answer.
+    r = run(validator, "repetition", LOOP)
+    assert not r.passed and r.score < 0.5
+    assert "repeats itself" in r.message and "'the generator's output' occurs 6 times" in r.message
+    ev = r.evidence[0]
+    assert ev.kind == "repeated_phrase" and LOOP[ev.start:ev.end] == ev.text and ev.value == 6
+    assert r.feedback.startswith("Say each thing once:")
+
+
+def test_ordinary_prose_and_repeated_citations_pass(validator):
+    text = ("The retriever stores chunks in faiss and SQLite [1]. It answers hybrid queries with an alpha "
+            "between BM25 and vector scores [1]. Filters narrow the hits by metadata [2]. The orchestrator "
+            "calls the retriever over gRPC [2].")
+    r = run(validator, "repetition", text)
+    assert r.passed and r.score > 0.9
+    assert run(validator, "repetition", "yes yes yes yes").passed  # too short to judge
+    assert not run(validator, "repetition", "yes " * 20).passed
+
+
+def test_repetition_threshold_and_bad_parameters(validator):
+    half = "one two three four five six seven eight nine ten " * 2
+    assert not run(validator, "repetition", half).passed
+    assert run(validator, "repetition", half, max_repeated_share=0.5).passed
+    for bad in ({"ngram": 1}, {"ngram": 13}, {"max_repeated_share": 1.5}, {"min_words": 0}, {"n": 3}):
+        with pytest.raises(InvalidArgument) as info:
+            run(validator, "repetition", half, **bad)
+        assert "repetition" in info.value.message and next(iter(bad)) in info.value.message

@@ -1,4 +1,4 @@
-"""Text checks: JSON Schema, regular expressions, length in characters and tokens, banned terms."""
+"""Text checks: JSON Schema, regular expressions, length in characters and tokens, banned terms, repetition."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from services.validator.checks.base import Params, Subject, check, quote
 from services.validator.datatypes import CheckOutcome, Evidence
-from services.validator.textutil import normalized_view
+from services.validator.textutil import CITATION_MARKER, normalized_view
 from shared.errors import InvalidArgument
 
 # -- json_schema ------------------------------------------------------------------------------
@@ -270,4 +270,59 @@ def banned_terms(p: BannedTermsParams, s: Subject) -> CheckOutcome:
     return CheckOutcome(
         False, 0.0, f"{len(evidence)} occurrence(s) of banned term(s) {listed}", evidence,
         f"Rewrite the output without the term(s) {listed} (found {len(evidence)} time(s)).",
+    )
+
+
+# -- repetition -------------------------------------------------------------------------------
+
+
+class RepetitionParams(Params):
+    ngram: int = Field(4, ge=2, le=12, description="Length in words of the phrases compared")
+    max_repeated_share: float = Field(
+        0.3, ge=0.0, le=1.0, description="Largest share of the text's word n-grams that may repeat an earlier one"
+    )
+    min_words: int = Field(12, ge=1, le=10_000, description="Texts with fewer words pass: too short to judge")
+
+
+_WORD_SPAN = regex.compile(r"\w+")
+
+
+@check(
+    "repetition",
+    kinds=("text",),
+    params=RepetitionParams,
+    description="The text does not loop: few of its word n-grams repeat an earlier one (degenerate sampling)",
+)
+def repetition(p: RepetitionParams, s: Subject) -> CheckOutcome:
+    # Citation markers repeat legitimately ("... [1]. ... [1].") and are left out of the words.
+    text = CITATION_MARKER.sub(lambda m: " " * len(m.group(0)), s.text)
+    spans = [(m.start(), m.end(), m.group(0).casefold()) for m in _WORD_SPAN.finditer(text)]
+    if len(spans) < max(p.min_words, p.ngram + 1):
+        return CheckOutcome(True, 1.0, f"{len(spans)} words: too short to judge repetition")
+    first: dict[tuple[str, ...], int] = {}
+    counts: dict[tuple[str, ...], int] = {}
+    repeated = 0
+    for i in range(len(spans) - p.ngram + 1):
+        gram = tuple(w for _, _, w in spans[i : i + p.ngram])
+        counts[gram] = counts.get(gram, 0) + 1
+        if gram in first:
+            repeated += 1
+        else:
+            first[gram] = i
+    total = len(spans) - p.ngram + 1
+    share = repeated / total
+    if share <= p.max_repeated_share:
+        return CheckOutcome(True, 1.0 - share, f"{100 * share:.0f} % of {p.ngram}-word phrases repeat "
+                            f"(max {100 * p.max_repeated_share:.0f} %)")
+    gram, n = max(counts.items(), key=lambda kv: (kv[1], -first[kv[0]]))
+    i = first[gram]
+    start, end = spans[i][0], spans[i + p.ngram - 1][1]
+    phrase = quote(s.text[start:end], 80)
+    return CheckOutcome(
+        False, 1.0 - share,
+        f"the text repeats itself: {100 * share:.0f} % of its {p.ngram}-word phrases occur earlier "
+        f"(max {100 * p.max_repeated_share:.0f} %); {phrase} occurs {n} times",
+        [Evidence("repeated_phrase", s.text[start:end], "artifact", start, end, float(n))],
+        f"Say each thing once: {phrase} occurs {n} times and {100 * share:.0f} % of the text repeats "
+        "earlier phrases. Answer without repeating yourself.",
     )
