@@ -151,7 +151,7 @@ class JobRun:
             self.emit(ending, "", {"state": opb.JobState.Name(self.job.state), "error": self.job.error})
             self._save()
             self.store.finish(self.job.job_id)
-        self.store.flush()
+        self.store.flush(self.job.job_id)
         return self.job
 
     def _walk(self) -> bool:

@@ -77,8 +77,9 @@ class JobStore:
         """Writes made inside reach readers together (an event and the record it describes)."""
         yield
 
-    def flush(self) -> None:
-        """Wait until every write made so far is stored; raises Unavailable when some failed."""
+    def flush(self, job_id: str | None = None) -> None:
+        """Wait until every write made so far is stored; raises Unavailable when one of the job's
+        writes (any job's, without an id) failed."""
 
 
 class MemoryJobStore(JobStore):
@@ -186,7 +187,7 @@ class RedisJobStore(JobStore):
             doc = record() if callable(record) else record
             pipe.hset(key, mapping={"record": json.dumps(doc), "state": state})
 
-        self._writer.put(write)
+        self._writer.put(job_id, write)
 
     def load(self, job_id):
         raw = self.r.hget(self._key(job_id), "record")
@@ -198,7 +199,7 @@ class RedisJobStore(JobStore):
         if not after:
             return self.r.xadd(key, fields).decode()
         event_id = next_stream_id(after)
-        self._writer.put(lambda pipe: pipe.xadd(key, fields, id=event_id))
+        self._writer.put(job_id, lambda pipe: pipe.xadd(key, fields, id=event_id))
         return event_id
 
     def events(self, job_id, after, block_s):
@@ -233,13 +234,13 @@ class RedisJobStore(JobStore):
             for key in keys:
                 pipe.expire(key, self.retention_s)
 
-        self._writer.put(write)
+        self._writer.put(job_id, write)
 
     def batch(self):
         return self._writer.batch()
 
-    def flush(self):
-        self._writer.flush()
+    def flush(self, job_id=None):
+        self._writer.flush(job_id)
 
 
 def next_stream_id(after: str) -> str:
@@ -256,9 +257,12 @@ class _WriteBehind:
     """Sends queued Redis writes from one thread, in order, all waiting ones per round trip.
 
     Each batch is a MULTI/EXEC transaction, so what `batch()` groups becomes visible at once.
-    A connection error is retried with backoff for a few seconds; a write that still fails is
-    logged and reported by the next `flush()`.
+    A connection error is retried with backoff for a few seconds. A write that still fails is
+    logged and charged to the job that made it: `flush(job_id)` reports that job's failures
+    only, and waits only for the writes queued before it, not for other jobs' later ones.
     """
+
+    MAX_BATCH = 256
 
     def __init__(self, r: redis.Redis) -> None:
         self.r = r
@@ -266,18 +270,21 @@ class _WriteBehind:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._errors: list[str] = []
+        self._errors: dict[str, list[str]] = {}
 
-    def put(self, write: Callable) -> None:
+    def put(self, owner: str, write: Callable) -> None:
         held = getattr(self._local, "held", None)
         if held is not None:
-            held.append(write)
+            held.append((owner, write))
             return
+        self._enqueue([(owner, write)])
+
+    def _enqueue(self, item: list | threading.Event) -> None:
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._loop, name="job-store-writer", daemon=True)
                 self._thread.start()
-        self._queue.put(write)
+        self._queue.put(item)
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -291,32 +298,44 @@ class _WriteBehind:
         finally:
             self._local.held = None
             if held:
-                self.put(lambda pipe: [write(pipe) for write in held])
+                self._enqueue(held)
 
-    def flush(self) -> None:
-        self._queue.join()
+    def flush(self, owner: str | None = None) -> None:
+        """Wait for the writes queued so far; raise Unavailable if any of `owner`'s failed (any
+        job's, without an owner). Each failure is reported once."""
+        done = threading.Event()
+        self._enqueue(done)
+        done.wait()
         with self._lock:
-            errors, self._errors = self._errors, []
+            if owner is None:
+                errors = [e for errs in self._errors.values() for e in errs]
+                self._errors.clear()
+            else:
+                errors = self._errors.pop(owner, [])
         if errors:
             raise Unavailable(f"the job store could not save {len(errors)} write(s): {errors[0]}")
 
     def _loop(self) -> None:
         while True:
-            writes = [self._queue.get()]
-            while True:
+            items = [self._queue.get()]
+            while len(items) < self.MAX_BATCH:  # capped: a busy queue must not starve the send
                 try:
-                    writes.append(self._queue.get_nowait())
+                    items.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+            writes = [w for item in items if not isinstance(item, threading.Event) for w in item]
             try:
-                self._send(writes)
-            except Exception as exc:  # noqa: BLE001 - reported through flush()
-                log.error("job store write failed after retries: %s", exc)
+                failed = self._send(writes) if writes else []
+            except Exception as exc:  # noqa: BLE001 - the whole round trip failed: every writer hears of it
+                failed = [(owner, exc) for owner, _ in writes]
+            if failed:
                 with self._lock:
-                    self._errors.append(f"{type(exc).__name__}: {exc}")
-            finally:
-                for _ in writes:
-                    self._queue.task_done()
+                    for owner, exc in failed:
+                        log.error("job store write for job %s failed: %s", owner, exc)
+                        self._errors.setdefault(owner, []).append(f"{type(exc).__name__}: {exc}")
+            for item in items:
+                if isinstance(item, threading.Event):
+                    item.set()
 
     @tenacity.retry(
         retry=tenacity.retry_if_exception_type((redis.ConnectionError, redis.TimeoutError)),
@@ -324,11 +343,15 @@ class _WriteBehind:
         stop=tenacity.stop_after_delay(5),
         reraise=True,
     )
-    def _send(self, writes: list[Callable]) -> None:
+    def _send(self, writes: list[tuple[str, Callable]]) -> list[tuple[str, Exception]]:
+        """Send the writes in one transaction; (owner, error) for each command Redis refused."""
         pipe = self.r.pipeline(transaction=True)
-        for write in writes:
+        owners: list[str] = []
+        for owner, write in writes:
             write(pipe)
-        pipe.execute()
+            owners += [owner] * (len(pipe.command_stack) - len(owners))
+        results = pipe.execute(raise_on_error=False)
+        return [(owner, res) for owner, res in zip(owners, results, strict=True) if isinstance(res, Exception)]
 
 
 def iter_events(store: JobStore, job_id: str, after: str, stop) -> Iterator[StoredEvent]:

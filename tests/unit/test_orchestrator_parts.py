@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 
 import pytest
@@ -109,16 +110,58 @@ def test_concurrent_jobs_write_behind_without_mixing(store):
         assert store.load(job) == {"done": 49}
 
 
-def test_a_failed_write_behind_is_reported_by_flush(redis_client):
+def test_a_failed_write_behind_is_reported_to_its_own_job(redis_client):
     store = RedisJobStore(get_settings().redis_url, 60)
-    job = uuid.uuid4().hex
+    job, other = uuid.uuid4().hex, uuid.uuid4().hex
     store.create(job, {}, "generate", 1, "")
+    store.create(other, {}, "generate", 1, "")
     first = store.append_event(job, "job.queued", "", {}, 1, after="99999999999998-0")  # far in the future
-    store.append_event(job, "late", "", {}, 2, after="1-0")  # an id below the stream's last one
+    with store.batch():  # the failing write shares a transaction with another job's
+        store.append_event(job, "late", "", {}, 2, after="1-0")  # an id below the stream's last one
+        queued = store.append_event(other, "job.queued", "", {}, 1, after="5-0")
+    store.flush(other)  # not the other job's failure
     with pytest.raises(Unavailable, match="could not save 1 write"):
-        store.flush()
-    store.flush()  # reported once; the store keeps working
+        store.flush(job)
+    store.flush(job)  # reported once; the store keeps working
     assert [e.event_id for e in store.events(job, "", 0)] == [first] == ["99999999999998-1"]
+    assert [e.event_id for e in store.events(other, "", 0)] == [queued]
+
+
+def test_flush_waits_for_earlier_writes_only(redis_client, monkeypatch):
+    # A slow Redis (0.2 s a round trip) and another job that keeps the queue from running dry for
+    # 3 s: a job's flush still returns once its own, earlier writes are stored.
+    store = RedisJobStore(get_settings().redis_url, 60)
+    writer = store._writer
+    send = writer._send
+    monkeypatch.setattr(writer, "_send", lambda writes: (time.sleep(0.2), send(writes))[1])
+    job, other = uuid.uuid4().hex, uuid.uuid4().hex
+    for j in (job, other):
+        store.create(j, {}, "generate", 1, "")
+    mine = store.append_event(job, "job.queued", "", {}, 1)
+    prev = store.append_event(other, "job.queued", "", {}, 1)
+    stop = threading.Event()
+
+    def busy():
+        nonlocal prev
+        while not stop.wait(0.01):
+            prev = store.append_event(other, "step", "", {}, 2, after=prev)
+
+    thread = threading.Thread(target=busy)
+    thread.start()
+    try:
+        time.sleep(0.3)
+        mine = store.append_event(job, "step", "", {}, 2, after=mine)
+        t0 = time.monotonic()
+        store.flush(job)
+        waited = time.monotonic() - t0
+        assert store.events(job, "", 0)[-1].event_id == mine
+        assert waited < 1.5, f"flush waited {waited:.1f} s, for other jobs' later writes"
+    finally:
+        time.sleep(max(0.0, 3 - (time.monotonic() - t0)))
+        stop.set()
+        thread.join(10)
+    store.flush()
+    assert store.events(other, "", 0)[-1].event_id == prev
 
 
 def test_finished_jobs_are_kept_for_the_configured_retention(redis_client):
