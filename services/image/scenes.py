@@ -110,7 +110,8 @@ _PIECE = re.compile(r"[A-Za-z]+|[^A-Za-z\s]")
 
 
 def _families() -> tuple[tuple[str, ...], ...]:
-    """(hand-written, noun phrases joined, a noun phrase and a clause, two clauses) sentence shapes."""
+    """(hand-written, noun phrases joined, a noun phrase and a clause, two clauses with the shape's
+    first, two clauses with the background's first) sentence shapes."""
     nouns = []
     for s in _SHAPE_NOUN:
         for b in _BG_NOUN:
@@ -127,11 +128,14 @@ def _families() -> tuple[tuple[str, ...], ...]:
         # the evaluation's "<background clause> and the <shape> is <colour>" and its near twins stay out
         if not (j == "{B} and {S}" and s.startswith("the {s}"))
     ]
+    shape_first = [c for c in clauses if c.index("{s}") < c.index("{b}")]
+    background_first = [c for c in clauses if c.index("{b}") < c.index("{s}")]
 
     def fits(template: str) -> bool:  # with the longest words, room left for a prefix
         return len(_PIECE.findall(template.format(c="purple", s="triangle", b="orange"))) <= MAX_PROMPT_PIECES - 3
 
-    return (HAND_TEMPLATES, *(tuple(filter(fits, dict.fromkeys(f))) for f in (nouns, mixed, clauses)))
+    families = (nouns, mixed, shape_first, background_first)
+    return (HAND_TEMPLATES, *(tuple(filter(fits, dict.fromkeys(f))) for f in families))
 
 
 # The evaluation's sentence shapes stay out: never "showing", "should", "on <background> there is",
@@ -139,7 +143,7 @@ def _families() -> tuple[tuple[str, ...], ...]:
 TEMPLATE_FAMILIES = _families()
 #: Every sentence shape used in training (a prefix such as "a picture of " may precede one).
 TRAIN_TEMPLATES = tuple(dict.fromkeys(t for family in TEMPLATE_FAMILIES for t in family))
-FAMILY_WEIGHTS = (0.15, 0.3, 0.2, 0.35)
+FAMILY_WEIGHTS = (0.1, 0.2, 0.2, 0.25, 0.25)
 _PREFIXES = ("a picture of ", "an image of ", "a drawing of ", "render ", "a photo of ", "an icon of ")
 
 

@@ -239,8 +239,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--snr-gamma", type=float, default=5.0)
-    p.add_argument("--family-weights", type=float, nargs=4, default=None,
-                   metavar=("HAND", "NOUNS", "MIXED", "CLAUSES"),
+    p.add_argument("--family-weights", type=float, nargs=5, default=None,
+                   metavar=("HAND", "NOUNS", "MIXED", "CLAUSES_SHAPE_FIRST", "CLAUSES_BACKGROUND_FIRST"),
                    help="how often each family of sentence shapes is drawn (default: scenes.FAMILY_WEIGHTS)")
     p.add_argument("--p-uncond", type=float, default=0.1, help="share of empty prompts (for guidance)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
