@@ -50,10 +50,9 @@ bench: protos
 	$(BIN)/python bench/image_speed.py
 	$(BIN)/python bench/image_quality.py
 
-# Retrain the default image model from scratch into models/image (CPU: one to two hours on 2 cores;
-# niced so that it takes idle CPU only).
-# Two stages, as the shipped weights were made (models/image/README.md): a base run, then a
-# fine-tune with larger batches and a lower learning rate. About 3 h on one CPU thread.
+# Retrain the default image model from scratch into models/image, niced so that it takes idle CPU
+# only. Two stages, like the shipped weights (models/image/README.md): a base run, then a fine-tune
+# with larger batches and a lower learning rate. About 1 h 50 min on one CPU thread (~44 images/s).
 train-image: protos
 	nice -n 10 $(BIN)/python -m services.image.train --out models/image --state .cache/image-train/base.pt \
 		--steps 6000

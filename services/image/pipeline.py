@@ -46,6 +46,7 @@ class GenstackPixelPipeline(DiffusionPipeline):
         text_encoder_subdir: str = "model",
         max_prompt_tokens: int = 16,
         prompt_aliases: dict | None = None,
+        text_encoder_layers: list[int] | None = None,
     ):
         super().__init__()
         if text_encoder is None and text_encoder_package:
@@ -57,6 +58,7 @@ class GenstackPixelPipeline(DiffusionPipeline):
             text_encoder_subdir=text_encoder_subdir,
             max_prompt_tokens=max_prompt_tokens,
             prompt_aliases=dict(prompt_aliases or {}),
+            text_encoder_layers=list(text_encoder_layers or []),
         )
         self._interrupt = False
 
@@ -81,7 +83,8 @@ class GenstackPixelPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def encode_prompt(self, prompts: list[str], device=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(token states [B, T, D] with padding zeroed, attention mask [B, T]) for the prompts."""
+        """(token states [B, T, D] with padding zeroed, attention mask [B, T]) for the prompts. D is the
+        encoder's width, times the number of `text_encoder_layers` when the config names them."""
         device = device or self._execution_device
         batch = self.tokenizer(
             [self.normalise(p) for p in prompts],
@@ -92,7 +95,14 @@ class GenstackPixelPipeline(DiffusionPipeline):
         )
         ids = batch.input_ids.to(device)
         mask = batch.attention_mask.to(device)
-        states = self.text_encoder(input_ids=ids, attention_mask=mask)[0]
+        layers = self.config.get("text_encoder_layers") or []
+        if layers:
+            # Several layers side by side: the last one alone barely tells whose colour a trailing
+            # word is ("the background is blue and the circle is red"); middle layers still do.
+            hidden = self.text_encoder(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+            states = torch.cat([hidden[i] for i in layers], dim=-1)
+        else:
+            states = self.text_encoder(input_ids=ids, attention_mask=mask)[0]
         states = states * mask.unsqueeze(-1).to(states.dtype)
         return states.to(self.unet.dtype), mask
 

@@ -58,13 +58,22 @@ def native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def build_pipeline(unet=None, text_encoder=None, tokenizer=None):
+def unet_config(text_layers: list[int]) -> dict:
+    """UNET_CONFIG for prompts encoded from `text_layers` of MiniLM side by side (none: the last):
+    a linear projection (diffusers' text_proj) maps them to the cross-attention width."""
+    if not text_layers:
+        return dict(UNET_CONFIG)
+    width = UNET_CONFIG["cross_attention_dim"] * len(text_layers)
+    return dict(UNET_CONFIG, encoder_hid_dim=width, encoder_hid_dim_type="text_proj")
+
+
+def build_pipeline(unet=None, text_encoder=None, tokenizer=None, text_layers: list[int] | None = None):
     from diffusers import DDIMScheduler, UNet2DConditionModel
 
     from services.image import scenes
     from services.image.pipeline import GenstackPixelPipeline
 
-    unet = unet or UNet2DConditionModel(**UNET_CONFIG)
+    unet = unet or UNet2DConditionModel(**unet_config(text_layers or []))
     scheduler = DDIMScheduler(**SCHEDULE, clip_sample=False, set_alpha_to_one=False, timestep_spacing="trailing")
     return GenstackPixelPipeline(
         unet=unet,
@@ -72,7 +81,31 @@ def build_pipeline(unet=None, text_encoder=None, tokenizer=None):
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         prompt_aliases=scenes.PROMPT_ALIASES,
+        text_encoder_layers=text_layers,
     )
+
+
+@torch.no_grad()
+def warm_start(unet, source, text_layers: list[int]) -> None:
+    """Load `source`'s weights into `unet`. When `unet` reads more MiniLM layers than `source` (which
+    read the last one only), the new projection starts as "take the last layer" and the pooled-prompt
+    embedding starts silent (its input width changed), so the model begins where `source` was."""
+    old = source.state_dict()
+    new = unet.state_dict()
+    same = {k: v for k, v in old.items() if k in new and new[k].shape == v.shape}
+    unet.load_state_dict(same, strict=False)
+    if text_layers and source.config.encoder_hid_dim is None:
+        width = source.config.cross_attention_dim
+        proj = unet.encoder_hid_proj
+        proj.weight.zero_()
+        proj.bias.zero_()
+        proj.weight[:, -width:] = torch.eye(width)  # the last listed layer must be the last layer
+        unet.add_embedding.proj.weight.zero_()
+        unet.add_embedding.proj.bias.zero_()
+        unet.add_embedding.norm2.load_state_dict(source.add_embedding.norm2.state_dict())
+    skipped = sorted(set(new) - set(same))
+    if skipped:
+        log.info("warm start: %d tensors start fresh: %s", len(skipped), ", ".join(skipped))
 
 
 @torch.no_grad()
@@ -105,7 +138,7 @@ def train(args) -> None:
     state_path = Path(args.state)
     state_path.parent.mkdir(parents=True, exist_ok=True)
 
-    pipe = build_pipeline()
+    pipe = build_pipeline(text_layers=args.text_layers)
     unet = pipe.unet
     noise_sched = DDPMScheduler(**SCHEDULE)
     alphas = noise_sched.alphas_cumprod
@@ -116,7 +149,7 @@ def train(args) -> None:
     family_weights = args.family_weights
     if args.init_from:
         # Fine-tune: start from an earlier model's weights (a diffusers folder) with a fresh optimizer.
-        unet.load_state_dict(UNet2DConditionModel.from_pretrained(args.init_from, subfolder="unet").state_dict())
+        warm_start(unet, UNet2DConditionModel.from_pretrained(args.init_from, subfolder="unet"), args.text_layers)
         log.info("initialised the UNet from %s", args.init_from)
 
     @torch.no_grad()
@@ -152,7 +185,7 @@ def train(args) -> None:
         return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
     def save(tag: str) -> None:
-        eval_pipe = build_pipeline(ema, pipe.text_encoder, pipe.tokenizer)
+        eval_pipe = build_pipeline(ema, pipe.text_encoder, pipe.tokenizer, args.text_layers)
         tmp = out.with_name(out.name + ".tmp")
         eval_pipe.save_pretrained(tmp)
         (tmp / "training.json").write_text(json.dumps({"step": step, "args": vars(args)}, indent=2, default=str))
@@ -216,12 +249,12 @@ def train(args) -> None:
             save("checkpoint")
             last_save = time.time()
         if args.eval_minutes and time.time() - last_eval > args.eval_minutes * 60:
-            eval_pipe = build_pipeline(ema, pipe.text_encoder, pipe.tokenizer)
+            eval_pipe = build_pipeline(ema, pipe.text_encoder, pipe.tokenizer, args.text_layers)
             eval_pipe.set_progress_bar_config(disable=True)
             log.info("eval at step %d: %s", step, quick_eval(eval_pipe, args.eval_prompts))
             last_eval = window_t = time.time()
     save("final")
-    eval_pipe = build_pipeline(ema, pipe.text_encoder, pipe.tokenizer)
+    eval_pipe = build_pipeline(ema, pipe.text_encoder, pipe.tokenizer, args.text_layers)
     eval_pipe.set_progress_bar_config(disable=True)
     log.info("final eval at step %d: %s", step, quick_eval(eval_pipe, args.eval_prompts))
 
@@ -242,6 +275,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--family-weights", type=float, nargs=5, default=None,
                    metavar=("HAND", "NOUNS", "MIXED", "CLAUSES_SHAPE_FIRST", "CLAUSES_BACKGROUND_FIRST"),
                    help="how often each family of sentence shapes is drawn (default: scenes.FAMILY_WEIGHTS)")
+    p.add_argument("--text-layers", type=int, nargs="*", default=[],
+                   help="MiniLM hidden-state layers to condition on side by side, the last one last "
+                        "(0: embeddings, 6: last); none: the last layer only")
     p.add_argument("--p-uncond", type=float, default=0.1, help="share of empty prompts (for guidance)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast (default: when the CPU has bf16 instructions)")

@@ -68,6 +68,30 @@ def test_save_and_reload_keeps_weights_and_leaves_the_encoder_out(tmp_path):
     assert pipe.text_encoder is not None  # put back after saving
 
 
+def test_prompts_can_be_read_from_several_encoder_layers_and_a_warm_start_keeps_the_model():
+    import torch
+    from diffusers import DiffusionPipeline
+
+    import services.image.pipeline  # noqa: F401
+    from services.image.train import build_pipeline, warm_start
+
+    source = DiffusionPipeline.from_pretrained(str(DEFAULT_MODEL_DIR), local_files_only=True)
+    wide = build_pipeline(text_encoder=source.text_encoder, tokenizer=source.tokenizer, text_layers=[2, 4, 6])
+    warm_start(wide.unet, source.unet, [2, 4, 6])
+    prompts = ["the background is blue and the circle is red", ""]
+    last, mask = source.encode_prompt(prompts)
+    states, wide_mask = wide.encode_prompt(prompts)
+    assert states.shape == (2, 16, 3 * 384) and torch.equal(mask, wide_mask)
+    assert torch.equal(states[..., -384:], last) and (states[:, :, :384] != 0).any()
+    assert (states[1, mask[1] == 0] == 0).all()  # padding stays zeroed in every layer
+    # the projection starts as "the last layer": cross-attention sees what the source model saw
+    torch.testing.assert_close(wide.unet.encoder_hid_proj(states), last)
+    for name, tensor in source.unet.state_dict().items():
+        if not name.startswith("add_embedding."):
+            assert torch.equal(wide.unet.state_dict()[name], tensor), name
+    assert wide.config.text_encoder_layers == [2, 4, 6]
+
+
 @pytest.fixture(scope="module")
 def tiny_sd(tmp_path_factory):
     """A tiny random StableDiffusionPipeline folder (VAE + UNet + BERT text encoder), saved to disk."""
