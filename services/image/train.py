@@ -89,7 +89,7 @@ def build_pipeline(unet=None, text_encoder=None, tokenizer=None, text_layers: li
 def warm_start(unet, source, text_layers: list[int]) -> None:
     """Load `source`'s weights into `unet`. When `unet` reads more MiniLM layers than `source` (which
     read the last one only), the new projection starts as "take the last layer" and the pooled-prompt
-    embedding starts silent (its input width changed), so the model begins where `source` was."""
+    embedding is widened to read the last layer as before, so the model begins close to `source`."""
     old = source.state_dict()
     new = unet.state_dict()
     same = {k: v for k, v in old.items() if k in new and new[k].shape == v.shape}
@@ -100,12 +100,38 @@ def warm_start(unet, source, text_layers: list[int]) -> None:
         proj.weight.zero_()
         proj.bias.zero_()
         proj.weight[:, -width:] = torch.eye(width)  # the last listed layer must be the last layer
-        unet.add_embedding.proj.weight.zero_()
-        unet.add_embedding.proj.bias.zero_()
-        unet.add_embedding.norm2.load_state_dict(source.add_embedding.norm2.state_dict())
+        _embed_pooled_prompt(unet.add_embedding, source.add_embedding, width)
+        return
     skipped = sorted(set(new) - set(same))
     if skipped:
         log.info("warm start: %d tensors start fresh: %s", len(skipped), ", ".join(skipped))
+
+
+@torch.no_grad()
+def _embed_pooled_prompt(wide, narrow, width: int) -> None:
+    """Set a TextTimeEmbedding over [other layers | last layer] to compute what `narrow` computed
+    over the last layer alone: the other layers get zero weights, and each attention head's
+    dimensions sit in the first slots of the wider head. Not exact: the first LayerNorm now takes
+    its statistics over all layers."""
+    heads = narrow.pool.num_heads
+    small, big = narrow.pool.dim_per_head, wide.pool.dim_per_head
+    last = slice(wide.norm1.normalized_shape[0] - width, None)  # the last layer's columns
+    slots = torch.tensor([(j // small) * big + j % small for j in range(width)])  # head layout
+    for p in wide.parameters():
+        p.zero_()
+    wide.norm1.weight[last] = narrow.norm1.weight
+    wide.norm1.bias[last] = narrow.norm1.bias
+    wide.pool.positional_embedding[:, last] = narrow.pool.positional_embedding
+    # queries and keys are both scaled by dim_per_head ** -0.25: the wider heads need a factor back
+    gain = {"q_proj": (big / small) ** 0.5, "k_proj": 1.0, "v_proj": 1.0}
+    for name, g in gain.items():
+        w, n = getattr(wide.pool, name), getattr(narrow.pool, name)
+        w.weight[slots.unsqueeze(1), torch.arange(width)[None] + last.start] = n.weight * g
+        w.bias[slots] = n.bias * g
+    wide.proj.weight[:, slots] = narrow.proj.weight
+    wide.proj.bias.copy_(narrow.proj.bias)
+    wide.norm2.load_state_dict(narrow.norm2.state_dict())
+    assert heads == wide.pool.num_heads
 
 
 @torch.no_grad()

@@ -89,6 +89,9 @@ def test_prompts_can_be_read_from_several_encoder_layers_and_a_warm_start_keeps_
     for name, tensor in source.unet.state_dict().items():
         if not name.startswith("add_embedding."):
             assert torch.equal(wide.unet.state_dict()[name], tensor), name
+    # the pooled prompt is read from the last layer as before (close, not equal: see warm_start)
+    pooled = torch.nn.functional.cosine_similarity(source.unet.add_embedding(last), wide.unet.add_embedding(states))
+    assert (pooled > 0.97).all(), pooled
     assert wide.config.text_encoder_layers == [2, 4, 6]
 
 
