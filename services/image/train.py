@@ -211,7 +211,9 @@ def train(args) -> None:
         return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
     def save(tag: str) -> None:
-        eval_pipe = build_pipeline(ema, pipe.text_encoder, pipe.tokenizer, args.text_layers)
+        # Stored in float16 to keep the shipped folder small; diffusers loads it as float32.
+        stored = copy.deepcopy(ema).to(getattr(torch, args.save_dtype))
+        eval_pipe = build_pipeline(stored, pipe.text_encoder, pipe.tokenizer, args.text_layers)
         tmp = out.with_name(out.name + ".tmp")
         eval_pipe.save_pretrained(tmp)
         (tmp / "training.json").write_text(json.dumps({"step": step, "args": vars(args)}, indent=2, default=str))
@@ -304,6 +306,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--text-layers", type=int, nargs="*", default=[],
                    help="MiniLM hidden-state layers to condition on side by side, the last one last "
                         "(0: embeddings, 6: last); none: the last layer only")
+    p.add_argument("--save-dtype", default="float16", choices=["float16", "bfloat16", "float32"],
+                   help="dtype of the saved weights (loading casts them to the service's dtype)")
     p.add_argument("--p-uncond", type=float, default=0.1, help="share of empty prompts (for guidance)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast (default: when the CPU has bf16 instructions)")
