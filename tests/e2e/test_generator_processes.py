@@ -83,7 +83,9 @@ def test_sigterm_reports_not_serving_and_drains_in_flight_work():
 
 def test_concurrent_requests_never_mix(client_factory):
     client = client_factory(GeneratorClient, "grpc")
-    prompts = [f"Count from {n} upwards:" for n in (1, 5, 9)]
+    # Prompts whose greedy continuations differ by far, so that a mixed-up reply cannot go unseen
+    # ("Count from 5" and "Count from 1" gave the same digits on one CPU).
+    prompts = ["Count from 1 upwards:", "The colours of the rainbow are", "def fibonacci(n):"]
 
     def ask(prompt):
         return client.generate(pb.GenerateRequest(model="smollm2-135m", prompt=prompt,
@@ -91,6 +93,7 @@ def test_concurrent_requests_never_mix(client_factory):
                                timeout=180).text
 
     expected = {p: ask(p) for p in prompts}
+    assert len(set(expected.values())) == len(prompts), expected
     results: dict[str, list[str]] = {p: [] for p in prompts}
     threads = [threading.Thread(target=lambda p=p: results[p].append(ask(p))) for p in prompts * 2]
     for t in threads:
@@ -98,7 +101,6 @@ def test_concurrent_requests_never_mix(client_factory):
     for t in threads:
         t.join(300)
     assert {p: r for p, r in results.items()} == {p: [expected[p]] * 2 for p in prompts}
-    assert len(set(expected.values())) == len(prompts)
 
 
 def test_oversized_message_is_resource_exhausted(client_factory):
