@@ -113,7 +113,7 @@ def _embed_pooled_prompt(wide, narrow, width: int) -> None:
     over the last layer alone: the other layers get zero weights, and each attention head's
     dimensions sit in the first slots of the wider head. Not exact: the first LayerNorm now takes
     its statistics over all layers."""
-    heads = narrow.pool.num_heads
+    assert wide.pool.num_heads == narrow.pool.num_heads
     small, big = narrow.pool.dim_per_head, wide.pool.dim_per_head
     last = slice(wide.norm1.normalized_shape[0] - width, None)  # the last layer's columns
     slots = torch.tensor([(j // small) * big + j % small for j in range(width)])  # head layout
@@ -131,7 +131,6 @@ def _embed_pooled_prompt(wide, narrow, width: int) -> None:
     wide.proj.weight[:, slots] = narrow.proj.weight
     wide.proj.bias.copy_(narrow.proj.bias)
     wide.norm2.load_state_dict(narrow.norm2.state_dict())
-    assert heads == wide.pool.num_heads
 
 
 @torch.no_grad()
@@ -172,7 +171,6 @@ def train(args) -> None:
     weights = torch.clamp(snr, max=args.snr_gamma) / (snr + 1)  # min-SNR for v-prediction
 
     train_scenes, _ = scenes.split_scenes()
-    family_weights = args.family_weights
     if args.init_from:
         # Fine-tune: start from an earlier model's weights (a diffusers folder) with a fresh optimizer.
         warm_start(unet, UNet2DConditionModel.from_pretrained(args.init_from, subfolder="unet"), args.text_layers)
@@ -232,6 +230,11 @@ def train(args) -> None:
         torch.save(state, state_path)
         log.info("saved %s at step %d to %s", tag, step, out)
 
+    def evaluate(tag: str) -> None:
+        eval_pipe = build_pipeline(ema, pipe.text_encoder, pipe.tokenizer, args.text_layers)
+        eval_pipe.set_progress_bar_config(disable=True)
+        log.info("%s at step %d: %s", tag, step, quick_eval(eval_pipe, args.eval_prompts))
+
     start = time.time()
     last_save = last_eval = start
     seen = 0
@@ -245,7 +248,8 @@ def train(args) -> None:
         images = np.stack([scenes.render(train_scenes[i], rng) for i in idx])
         x0 = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
         texts = [
-            "" if rng.random() < args.p_uncond else scenes.sample_train_prompt(train_scenes[i], rng, family_weights)
+            "" if rng.random() < args.p_uncond
+            else scenes.sample_train_prompt(train_scenes[i], rng, args.family_weights)
             for i in idx
         ]
         states, masks = encode(texts)
@@ -281,14 +285,10 @@ def train(args) -> None:
             save("checkpoint")
             last_save = time.time()
         if args.eval_minutes and time.time() - last_eval > args.eval_minutes * 60:
-            eval_pipe = build_pipeline(ema, pipe.text_encoder, pipe.tokenizer, args.text_layers)
-            eval_pipe.set_progress_bar_config(disable=True)
-            log.info("eval at step %d: %s", step, quick_eval(eval_pipe, args.eval_prompts))
+            evaluate("eval")
             last_eval = window_t = time.time()
     save("final")
-    eval_pipe = build_pipeline(ema, pipe.text_encoder, pipe.tokenizer, args.text_layers)
-    eval_pipe.set_progress_bar_config(disable=True)
-    log.info("final eval at step %d: %s", step, quick_eval(eval_pipe, args.eval_prompts))
+    evaluate("final eval")
 
 
 def main(argv: list[str] | None = None) -> None:
