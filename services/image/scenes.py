@@ -143,7 +143,7 @@ def _families() -> tuple[tuple[str, ...], ...]:
 TEMPLATE_FAMILIES = _families()
 #: Every sentence shape used in training (a prefix such as "a picture of " may precede one).
 TRAIN_TEMPLATES = tuple(dict.fromkeys(t for family in TEMPLATE_FAMILIES for t in family))
-FAMILY_WEIGHTS = (0.1, 0.2, 0.2, 0.25, 0.25)
+FAMILY_WEIGHTS = (0.1, 0.15, 0.15, 0.25, 0.35)
 _PREFIXES = ("a picture of ", "an image of ", "a drawing of ", "render ", "a photo of ", "an icon of ")
 
 

@@ -75,8 +75,13 @@ def test_prompts_can_be_read_from_several_encoder_layers_and_a_warm_start_keeps_
     import services.image.pipeline  # noqa: F401
     from services.image.train import build_pipeline, warm_start
 
-    source = DiffusionPipeline.from_pretrained(str(DEFAULT_MODEL_DIR), local_files_only=True)
-    wide = build_pipeline(text_encoder=source.text_encoder, tokenizer=source.tokenizer, text_layers=[2, 4, 6])
+    shipped = DiffusionPipeline.from_pretrained(str(DEFAULT_MODEL_DIR), local_files_only=True)
+    assert shipped.config.text_encoder_layers == [2, 4, 6]
+    assert shipped.unet.config.encoder_hid_dim == 3 * 384
+    # a last-layer model (as the earlier default was) warm-starts one that reads three layers
+    torch.manual_seed(0)
+    source = build_pipeline(text_encoder=shipped.text_encoder, tokenizer=shipped.tokenizer)
+    wide = build_pipeline(text_encoder=shipped.text_encoder, tokenizer=shipped.tokenizer, text_layers=[2, 4, 6])
     warm_start(wide.unet, source.unet, [2, 4, 6])
     prompts = ["the background is blue and the circle is red", ""]
     last, mask = source.encode_prompt(prompts)
