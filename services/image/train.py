@@ -1,14 +1,14 @@
 """Train the default image model: a small pixel-space UNet on procedural scenes, MiniLM-conditioned.
 
-    python -m services.image.train --out models/image                        (base run)
-    python -m services.image.train --out models/image --init-from models/image --batch 32 --lr 5e-4
-                                                                             (fine-tune)
-`make train-image` runs both stages.
+    python -m services.image.train --out models/image --text-layers 2 4 6      (base run)
+    python -m services.image.train --out models/image --text-layers 2 4 6 \
+        --init-from models/image --batch 32 --lr 5e-4 --warmup 100             (fine-tune)
+`make train-image` runs both stages with the shipped weights' step counts.
 
 Design (measured on 2 CPU threads before this script was written; see models/image/README.md):
 32x32 RGB scenes from services.image.scenes; prompts drawn from its sentence grammar and encoded
-per batch by MiniLM into 16 token states
-(padding zeroed, masked in cross-attention) and pooled into the time embedding by diffusers'
+per batch by MiniLM into 16 token states from the layers --text-layers names, side by side
+(padding zeroed, masked in cross-attention), and pooled into the time embedding by diffusers'
 addition_embed_type="text"; 10% empty prompts so classifier-free guidance works; v-prediction,
 min-SNR loss weighting (gamma 5), cosine noise schedule, AdamW, EMA of the weights, bf16 autocast
 where the CPU computes bf16 natively.
