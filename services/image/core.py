@@ -24,6 +24,7 @@ from services.image.settings import ImageSettings
 from shared.artifacts import Artifact, ArtifactStore, get_store
 from shared.config import Settings, get_settings
 from shared.errors import Cancelled, InvalidArgument, Unavailable
+from shared.runtime import configure_torch
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +147,6 @@ class ImageCore:
         dtype = getattr(torch, self.settings.dtype, None)
         if not isinstance(dtype, torch.dtype):
             raise InvalidArgument("must be float32, bfloat16 or float16", field="GENSTACK_IMAGE_DTYPE")
-        from shared.runtime import configure_torch
-
         # The process-wide GENSTACK_TORCH_THREADS applies in-process too (the thread count can move a
         # pixel by one level, so a seed's pixels match another process only at the same count);
         # GENSTACK_IMAGE_TORCH_THREADS overrides it for this service.

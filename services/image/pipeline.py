@@ -95,14 +95,11 @@ class GenstackPixelPipeline(DiffusionPipeline):
         )
         ids = batch.input_ids.to(device)
         mask = batch.attention_mask.to(device)
-        layers = self.config.get("text_encoder_layers") or []
-        if layers:
-            # Several layers side by side: the last one alone barely tells whose colour a trailing
-            # word is ("the background is blue and the circle is red"); middle layers still do.
-            hidden = self.text_encoder(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
-            states = torch.cat([hidden[i] for i in layers], dim=-1)
-        else:
-            states = self.text_encoder(input_ids=ids, attention_mask=mask)[0]
+        # Several layers side by side when the config names them: the last one alone barely tells
+        # whose colour a trailing word is ("the background is blue and the circle is red").
+        layers = self.config.get("text_encoder_layers") or [-1]
+        hidden = self.text_encoder(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        states = torch.cat([hidden[i] for i in layers], dim=-1)
         states = states * mask.unsqueeze(-1).to(states.dtype)
         return states.to(self.unet.dtype), mask
 
