@@ -4,6 +4,7 @@ previews, cancellation, every bad input, artifacts, schedulers and a faithfulnes
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -61,6 +62,20 @@ def test_several_images_use_consecutive_seeds(core):
     assert not np.array_equal(arrays[0], arrays[1]) and not np.array_equal(arrays[1], arrays[2])
 
 
+def test_negative_prompt_replaces_the_unconditional_branch_and_is_recorded(core):
+    plain = core.generate(ImageRequest(prompt=PROMPT, steps=4, seed=5))
+    steered = core.generate(ImageRequest(prompt=PROMPT, negative_prompt="a blue circle", steps=4, seed=5))
+    assert not np.array_equal(pixels(plain.images[0].png), pixels(steered.images[0].png))
+    meta = json.loads(Image.open(io.BytesIO(steered.images[0].png)).text["genstack"])
+    assert meta["negative_prompt"] == "a blue circle"
+    # Without guidance there is no unconditional branch, so a negative prompt changes nothing.
+    unguided = [
+        core.generate(ImageRequest(prompt=PROMPT, negative_prompt=neg, steps=4, seed=5, guidance_scale=1.0))
+        for neg in ("", "a blue circle")
+    ]
+    assert np.array_equal(pixels(unguided[0].images[0].png), pixels(unguided[1].images[0].png))
+
+
 def test_one_progress_event_per_step_with_previews_every_k(core):
     events = []
     core.generate(ImageRequest(prompt=PROMPT, steps=7, seed=5, preview_every=3, preview_size=16),
@@ -111,6 +126,7 @@ BAD_INPUTS = [
     ("unknown scheduler", dict(scheduler="pndm"), "scheduler"),
     ("negative preview interval", dict(preview_every=-2), "preview_every"),
     ("prompt too long", dict(prompt="red " * 1000), "prompt"),
+    ("negative prompt too long", dict(negative_prompt="red " * 1000), "negative_prompt"),
 ]
 
 
