@@ -42,8 +42,15 @@ class OrchestratorCore:
         kind = self.settings.store
         if kind == "auto":
             transports = {self.base.transport, *self.settings.step_transports.values()}
-            kind = "memory" if transports == {"inproc"} else "redis"
-        return MemoryJobStore() if kind == "memory" else RedisJobStore(self.base.redis_url, self.settings.retention_s)
+            # embedded: on disk, so that `genstack jobs ...` can look at a job after its process exited
+            kind = "sqlite" if transports == {"inproc"} else "redis"
+        if kind == "memory":
+            return MemoryJobStore()
+        if kind == "sqlite":
+            from services.orchestrator.store import SqliteJobStore
+
+            return SqliteJobStore(self.base.data_path / "orchestrator" / "jobs.sqlite3", self.settings.retention_s)
+        return RedisJobStore(self.base.redis_url, self.settings.retention_s)
 
     def warm_up(self) -> None:
         from services.orchestrator.context import count_tokens

@@ -13,9 +13,10 @@ from shared.config import ServiceSettings
 class OrchestratorSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="GENSTACK_ORCHESTRATOR_", extra="ignore")
 
-    store: Literal["auto", "memory", "redis"] = Field(
+    store: Literal["auto", "sqlite", "memory", "redis"] = Field(
         "auto",
-        description="Job state: memory (embedded), redis (distributed); auto = redis unless every step is inproc",
+        description="Job state: sqlite (embedded, <data dir>/orchestrator/jobs.sqlite3), memory (this process only), "
+        "redis (distributed); auto = redis unless every step is inproc, then sqlite",
     )
     step_transports: dict[str, str] = Field(
         default_factory=dict,

@@ -1,4 +1,5 @@
-"""Job state and events: in memory (embedded) or in Redis (a hash and a stream per job).
+"""Job state and events: in SQLite on disk (embedded), in memory (tests), or in Redis (a hash and a
+stream per job).
 
 Records are the proto JSON of `Job`; events are appended to a per-job log whose ids only grow,
 so a watcher that reconnects with the last id it saw misses nothing.
@@ -9,11 +10,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import redis
 import tenacity
@@ -145,6 +149,159 @@ class MemoryJobStore(JobStore):
         with self._lock:
             newest = self._order[::-1]
             return newest[start : start + count]
+
+
+class SqliteJobStore(JobStore):
+    """Jobs in one SQLite file (WAL mode), so that an embedded job outlives the process that ran it:
+    `genstack jobs list/get/watch` read it from another process without any server.
+
+    Every write is its own transaction (or one per `batch()`), so `flush()` has nothing to wait
+    for. Watchers in the same process are woken at once; watchers in another process poll.
+    """
+
+    POLL_S = 0.05
+
+    def __init__(self, path: Path | str, retention_s: int, busy_timeout_s: float = 30.0) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.retention_s = retention_s
+        self.busy_timeout_s = busy_timeout_s
+        self._local = threading.local()
+        self._cond = threading.Condition()
+        self._db().executescript(_SQLITE_SCHEMA)  # idempotent; executescript commits by itself
+
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None or getattr(self._local, "pid", None) != os.getpid():
+            db = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            self._local.db, self._local.pid, self._local.depth = db, os.getpid(), 0
+        return db
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        db = self._db()
+        outer = self._local.depth == 0
+        if outer:
+            db.execute("BEGIN IMMEDIATE")
+        self._local.depth += 1
+        try:
+            yield db
+        except BaseException:
+            self._local.depth -= 1
+            if outer:
+                db.execute("ROLLBACK")
+            raise
+        self._local.depth -= 1
+        if outer:
+            db.execute("COMMIT")
+            with self._cond:
+                self._cond.notify_all()
+
+    def create(self, job_id, record, kind, state, idempotency_key):
+        now = time.time()
+        with self._tx() as db:
+            if idempotency_key:
+                row = db.execute("SELECT job_id FROM jobs WHERE idempotency_key = ?", (idempotency_key,)).fetchone()
+                if row:
+                    return row[0], False
+            db.execute(
+                "INSERT INTO jobs (job_id, record, kind, state, idempotency_key, created, updated) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (job_id, json.dumps(record), kind, state, idempotency_key or None, now, now),
+            )
+        return job_id, True
+
+    def save(self, job_id, record, state):
+        doc = record() if callable(record) else record
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET record = ?, state = ?, updated = ? WHERE job_id = ?",
+                       (json.dumps(doc), state, time.time(), job_id))
+
+    def load(self, job_id):
+        row = self._db().execute("SELECT record FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def append_event(self, job_id, type_, step, data, state, after=""):
+        with self._tx() as db:
+            seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE job_id = ?", (job_id,)).fetchone()[0]
+            db.execute("INSERT INTO events (job_id, seq, type, step, data, time, state) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (job_id, seq, type_, step, json.dumps(data), time.time(), state))
+        return str(seq)
+
+    def _events_after(self, job_id: str, start: int) -> list[StoredEvent]:
+        rows = self._db().execute(
+            "SELECT seq, type, step, data, time, state FROM events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT 500",
+            (job_id, start),
+        ).fetchall()
+        return [StoredEvent(str(seq), t, s, json.loads(d), tm, st) for seq, t, s, d, tm, st in rows]
+
+    def events(self, job_id, after, block_s):
+        start = int(after or 0)
+        deadline = time.monotonic() + block_s
+        while True:
+            found = self._events_after(job_id, start)
+            remaining = deadline - time.monotonic()
+            if found or remaining <= 0:
+                return found
+            with self._cond:  # woken by a commit in this process; other processes' commits are polled
+                self._cond.wait(min(remaining, self.POLL_S))
+
+    def request_cancel(self, job_id):
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET cancel = 1 WHERE job_id = ?", (job_id,))
+
+    def cancel_requested(self, job_id):
+        row = self._db().execute("SELECT cancel FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return bool(row and row[0])
+
+    def list_ids(self, start, count):
+        rows = self._db().execute("SELECT job_id FROM jobs ORDER BY created DESC, rowid DESC LIMIT ? OFFSET ?",
+                                  (count, start)).fetchall()
+        return [r[0] for r in rows]
+
+    def finish(self, job_id):
+        """Drop jobs (and their events) that finished more than retention_s ago."""
+        cutoff = time.time() - self.retention_s
+        with self._tx() as db:
+            old = [r[0] for r in db.execute("SELECT job_id FROM jobs WHERE updated < ? AND job_id != ?",
+                                            (cutoff, job_id))]
+            for chunk in range(0, len(old), 500):
+                ids = old[chunk : chunk + 500]
+                marks = ",".join("?" * len(ids))
+                db.execute(f"DELETE FROM events WHERE job_id IN ({marks})", ids)
+                db.execute(f"DELETE FROM jobs WHERE job_id IN ({marks})", ids)
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        with self._tx():
+            yield
+
+
+_SQLITE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    record TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    state INTEGER NOT NULL,
+    idempotency_key TEXT UNIQUE,
+    cancel INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created);
+CREATE TABLE IF NOT EXISTS events (
+    job_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    step TEXT NOT NULL,
+    data TEXT NOT NULL,
+    time REAL NOT NULL,
+    state INTEGER NOT NULL,
+    PRIMARY KEY (job_id, seq)
+) WITHOUT ROWID;
+"""
 
 
 class RedisJobStore(JobStore):
