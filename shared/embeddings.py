@@ -15,6 +15,7 @@ from pydantic_settings import SettingsConfigDict
 
 from shared.config import ServiceSettings
 from shared.model_files import package_dir
+from shared.progress import step
 
 BUNDLED = "all-minilm-l6-v2"
 
@@ -49,7 +50,8 @@ class Embedder:
 
                 configure_torch()
 
-                self._model = SentenceTransformer(self.source, device=self.settings.device, local_files_only=True)
+                with step(f"loading the embedding model {self.settings.model}", model=self.settings.model):
+                    self._model = SentenceTransformer(self.source, device=self.settings.device, local_files_only=True)
         return self._model
 
     @property

@@ -13,11 +13,13 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from filelock import FileLock
 
 from shared.errors import FailedPrecondition, Unavailable
+from shared.progress import report, step
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +63,14 @@ def assemble_parts(parts: list[Path], expected_sha256: str, cache_dir: Path, fil
             return target
         h = hashlib.sha256()
         fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
-        with os.fdopen(fd, "wb") as out:
-            for part in parts:
+        with step(f"assembling {filename} from {len(parts)} parts (first run only)", file=filename), \
+                os.fdopen(fd, "wb") as out:
+            for i, part in enumerate(parts, start=1):
                 with open(part, "rb") as f:
                     while block := f.read(8 << 20):
                         h.update(block)
                         out.write(block)
+                report(f"assembling {filename}: part {i}/{len(parts)}", file=filename, done=i, total=len(parts))
         if h.hexdigest() != expected_sha256:
             os.unlink(tmp)
             raise FailedPrecondition(
@@ -91,6 +95,9 @@ def gguf_to_safetensors(gguf_path: Path, sha256: str, cache_dir: Path) -> Path:
         log.info("converting GGUF once to safetensors", extra={"fields": {"gguf": str(gguf_path), "to": str(out)}})
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".tmp-"))
         try:
+            report(f"converting {gguf_path.name} once to safetensors in {out.parent} (first run only; "
+                   "up to a minute per model on 2 cores) …", file=gguf_path.name)
+            started = time.perf_counter()
             kw = {"gguf_file": gguf_path.name}
             model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), dtype=torch.float32, **kw)
             tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), **kw)
@@ -102,6 +109,7 @@ def gguf_to_safetensors(gguf_path: Path, sha256: str, cache_dir: Path) -> Path:
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
             os.replace(tmp, out)
+            report(f"converted {gguf_path.name} in {time.perf_counter() - started:.0f} s", file=gguf_path.name)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -15,6 +15,7 @@ from services.generator.engine import Delta, Engine, EngineRequest, Finished, Lo
 from services.generator.settings import GeneratorSettings
 from shared.config import Settings, get_settings
 from shared.errors import InvalidArgument, Unavailable, require
+from shared.progress import report
 from shared.runtime import configure_torch
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,8 @@ class GeneratorCore:
         dtype = getattr(torch, self.settings.dtype, None)
         require(isinstance(dtype, torch.dtype), "GENSTACK_GENERATOR_DTYPE", "bfloat16, float16 or float32")
         log.info("loading model", extra={"fields": {"model": canonical, "source": str(source)}})
+        report(f"loading model {canonical} …", model=canonical)
+        load_started = time.perf_counter()
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=True)
             model = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype, local_files_only=True)
@@ -131,6 +134,7 @@ class GeneratorCore:
             ) from None
         device = torch.device(self.settings.device)
         model.to(device).eval()
+        report(f"model {canonical} loaded in {time.perf_counter() - load_started:.1f} s", model=canonical)
         context = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
         if self.settings.max_context_tokens:
             context = min(context, self.settings.max_context_tokens)

@@ -24,6 +24,7 @@ from services.image.settings import ImageSettings
 from shared.artifacts import Artifact, ArtifactStore, get_store
 from shared.config import Settings, get_settings
 from shared.errors import Cancelled, InvalidArgument, Unavailable
+from shared.progress import report
 from shared.runtime import configure_torch
 
 log = logging.getLogger(__name__)
@@ -157,6 +158,7 @@ class ImageCore:
         if self.settings.model == "default" and not (DEFAULT_MODEL_DIR / "model_index.json").exists():
             raise Unavailable(f"the default image model is missing at {DEFAULT_MODEL_DIR}; run `make train-image`")
         log.info("loading image pipeline", extra={"fields": {"model": source, "device": self.settings.device}})
+        report(f"loading the image model {self.settings.model} …", model=self.settings.model)
         try:
             pipe = DiffusionPipeline.from_pretrained(source, dtype=dtype, local_files_only=True)
         except (OSError, ValueError) as exc:

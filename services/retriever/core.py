@@ -55,7 +55,7 @@ MAX_METADATA_ENTRIES = 64
 MAX_METADATA_VALUE_CHARS = 1024
 MIN_CHUNK_TOKENS = 16
 # texts per embedding call while ingesting: small enough for steady progress reports and cancellation
-EMBED_SLICE = 128
+EMBED_SLICE = 32
 MODES = (VECTOR, KEYWORD, HYBRID)
 
 # progress stages (mirrors IngestStage in the proto)
