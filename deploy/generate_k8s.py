@@ -3,7 +3,7 @@
     python -m deploy.generate_k8s          # rewrite the files
     python -m deploy.generate_k8s --check  # exit 1 if any file is out of date (the tests do this too)
 
-Every service in `shared.services.SERVICES` gets, in deploy/k8s/base/services/<service>.yaml:
+Every implemented service in `shared.services.SERVICES` gets, in deploy/k8s/base/services/<service>.yaml:
 a gRPC server Deployment, its Service, a HorizontalPodAutoscaler and a PodDisruptionBudget, and a
 Celery worker Deployment for its queue with its own PodDisruptionBudget. The shared ConfigMap
 (base/config.yaml) and the KEDA ScaledObjects (components/keda/scaledobjects.yaml) come from the
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from shared.services import SERVICES, ServiceSpec
+from shared.services import ServiceSpec, implemented_specs
 
 ROOT = Path(__file__).resolve().parent / "k8s"
 IMAGE = "genstack:0.1.0"
@@ -55,8 +55,6 @@ class Profile:
     #: KEDA bounds for the worker, and the queue length per worker that triggers a scale-up
     worker_max_replicas: int = 8
     queue_length_per_worker: int = 4
-    #: runs a model that a GPU speeds up: the gpu component targets these
-    gpu: bool = False
     #: warm-up budget (startup probe) and how long a worker may finish its task on SIGTERM
     startup_s: int = 600
     worker_grace_s: int = 120
@@ -67,13 +65,13 @@ PROFILES: dict[str, Profile] = {
     "orchestrator": Profile("250m", 1, "512Mi", "1Gi", min_replicas=2, max_replicas=6, worker_max_replicas=10,
                             queue_length_per_worker=10, startup_s=120, worker_grace_s=300, model_cache="1Gi"),
     "retriever": Profile("500m", 2, "1536Mi", "3Gi", queue_length_per_worker=20, startup_s=300),
-    "generator": Profile("1", 4, "3Gi", "8Gi", queue_length_per_worker=2, gpu=True, startup_s=900,
+    "generator": Profile("1", 4, "3Gi", "8Gi", queue_length_per_worker=2, startup_s=900,
                          worker_grace_s=600, model_cache="20Gi"),
     "validator": Profile("500m", 2, "1536Mi", "3Gi", queue_length_per_worker=10, startup_s=300),
-    "image": Profile("1", 4, "2Gi", "6Gi", queue_length_per_worker=2, gpu=True, startup_s=900,
+    "image": Profile("1", 4, "2Gi", "6Gi", queue_length_per_worker=2, startup_s=900,
                      worker_grace_s=600, model_cache="20Gi"),
     "video": Profile("1", 4, "3Gi", "8Gi", max_replicas=3, worker_max_replicas=4, queue_length_per_worker=1,
-                     gpu=True, startup_s=900, worker_grace_s=900, model_cache="20Gi"),
+                     startup_s=900, worker_grace_s=900, model_cache="20Gi"),
     "agent": Profile("250m", 1, "512Mi", "1Gi", worker_max_replicas=6, queue_length_per_worker=5, startup_s=120,
                      worker_grace_s=600, model_cache="1Gi"),
 }
@@ -96,7 +94,7 @@ def labels(spec: ServiceSpec, role: str) -> dict[str, str]:
     if role == "worker":
         # the Celery queue this worker consumes (the runner passes `-Q <queue>`)
         out["genstack.dev/queue"] = spec.queue
-    if profile(spec.name).gpu:
+    if spec.gpu:  # the gpu component targets these
         out["genstack.dev/accelerator"] = "gpu"
     return out
 
@@ -273,7 +271,7 @@ def config_map() -> dict:
         "GENSTACK_LOG_LEVEL": "INFO",
         "GENSTACK_LOG_JSON": "true",
     }
-    for spec in SERVICES.values():
+    for spec in implemented_specs():
         # the Service of that name, in the same namespace
         data[f"GENSTACK_{spec.name.upper()}_ADDRESS"] = f"{spec.name}:{spec.port}"
     data.update({
@@ -325,6 +323,50 @@ def scaled_object(spec: ServiceSpec) -> dict:
     }
 
 
+_GPU_COMPONENT = """\
+# GPU nodes for the services that run a model a GPU speeds up (the Deployments labelled
+# genstack.dev/accelerator=gpu: {names}, gRPC servers and workers alike; the catalogue's
+# gpu flag). Each pod asks for one nvidia.com/gpu (the NVIDIA device plugin or GPU operator must
+# run in the cluster), is pinned to GPU nodes and tolerates their usual taint; those services'
+# settings move to the cuda device. Build the image with a CUDA torch for these pods (see
+# deploy/README.md).
+apiVersion: kustomize.config.k8s.io/v1alpha1
+kind: Component
+patches:
+  - target:
+      group: apps
+      version: v1
+      kind: Deployment
+      labelSelector: genstack.dev/accelerator=gpu
+    patch: |-
+      - op: add
+        path: /spec/template/spec/containers/0/resources/limits/nvidia.com~1gpu
+        value: 1
+      - op: add
+        path: /spec/template/spec/nodeSelector
+        value:
+          nvidia.com/gpu.present: "true"
+      - op: add
+        path: /spec/template/spec/tolerations
+        value:
+          - key: nvidia.com/gpu
+            operator: Exists
+            effect: NoSchedule
+  - target:
+      version: v1
+      kind: ConfigMap
+      name: genstack-config
+    patch: |-
+{devices}"""
+
+
+def gpu_component(specs: list[ServiceSpec]) -> str:
+    gpu = [s for s in specs if s.gpu]
+    devices = "".join(f"      - op: add\n        path: /data/GENSTACK_{s.name.upper()}_DEVICE\n        value: cuda\n"
+                      for s in gpu)
+    return HEADER + _GPU_COMPONENT.format(names=", ".join(s.name for s in gpu), devices=devices)
+
+
 class _PlainDumper(yaml.SafeDumper):
     """No &anchors/*aliases for objects used twice: each manifest reads on its own."""
 
@@ -340,24 +382,28 @@ def dump(docs: list[dict]) -> str:
     return HEADER + "".join("---\n" + _yaml(doc) for doc in docs)
 
 
-def render() -> dict[Path, str]:
-    """Every generated file, keyed by its path."""
+def render(specs: list[ServiceSpec] | None = None) -> dict[Path, str]:
+    """Every generated file, keyed by its path (default: the catalogue's implemented services)."""
+    specs = implemented_specs() if specs is None else specs
     files: dict[Path, str] = {}
-    for spec in SERVICES.values():
+    for spec in specs:
         files[ROOT / "base" / "services" / f"{spec.name}.yaml"] = dump(service_documents(spec))
     files[ROOT / "base" / "config.yaml"] = dump([config_map()])
     files[ROOT / "base" / "services" / "kustomization.yaml"] = HEADER + _yaml({
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
-        "resources": [f"{name}.yaml" for name in SERVICES],
+        "resources": [f"{s.name}.yaml" for s in specs],
     })
-    files[ROOT / "components" / "keda" / "scaledobjects.yaml"] = dump([scaled_object(s) for s in SERVICES.values()])
+    files[ROOT / "components" / "keda" / "scaledobjects.yaml"] = dump([scaled_object(s) for s in specs])
+    files[ROOT / "components" / "gpu" / "kustomization.yaml"] = gpu_component(specs)
     return files
 
 
 def stale_files() -> list[Path]:
     """Generated files whose content differs from what the generator writes now."""
-    return [path for path, text in render().items() if not path.exists() or path.read_text() != text]
+    files = render()
+    orphans = [p for p in (ROOT / "base" / "services").glob("*.yaml") if p not in files]
+    return [path for path, text in files.items() if not path.exists() or path.read_text() != text] + orphans
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -369,10 +415,15 @@ def main(argv: list[str] | None = None) -> int:
         for path in stale:
             print(f"out of date: {path}")
         return 1 if stale else 0
-    for path, text in render().items():
+    files = render()
+    for path, text in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         print(f"wrote {path}")
+    for path in (ROOT / "base" / "services").glob("*.yaml"):
+        if path not in files:  # a service that left the catalogue (or is not implemented)
+            path.unlink()
+            print(f"removed {path}")
     return 0
 
 

@@ -18,6 +18,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import redis
 from celery import Celery, Task
@@ -85,6 +86,15 @@ class TaskCallContext(CallContext):
         return False
 
 
+def parse_payload(payload: dict | None, message_type: type) -> Any:
+    """A task's payload (the proto JSON mapping) as a `message_type`, or INVALID_ARGUMENT naming
+    the message and the problem."""
+    try:
+        return json_format.ParseDict(payload or {}, message_type(), ignore_unknown_fields=False)
+    except json_format.ParseError as exc:
+        raise InvalidArgument(f"payload is not a valid {message_type.DESCRIPTOR.full_name}: {exc}") from None
+
+
 def register_tasks(
     app: Celery,
     api_cls: type[ServiceApi],
@@ -104,10 +114,7 @@ def register_tasks(
         def run(self: Task, payload: dict | None = None, deadline_s: float | None = None, _m=method):
             task_id = self.request.id
             task_id_var.set(task_id)
-            try:
-                request = json_format.ParseDict(payload or {}, _m.request_type(), ignore_unknown_fields=False)
-            except json_format.ParseError as exc:
-                raise InvalidArgument(f"payload is not a valid {_m.request_type.DESCRIPTOR.full_name}: {exc}") from None
+            request = parse_payload(payload, _m.request_type)
             ctx = TaskCallContext(rds, task_id, deadline_s)
             impl = getattr(get_api(), _m.name)
             if not _m.server_streaming:

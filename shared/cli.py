@@ -11,7 +11,7 @@ import importlib
 import os
 import sys
 
-from shared.services import SERVICES
+from shared.services import SERVICES, implemented_services
 
 
 def _offline_defaults() -> None:
@@ -34,9 +34,10 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from shared.demo import main as demo_main
+    # the demo is an orchestrator job: its code lives with the orchestrator (found via the catalogue)
+    from shared.services import get_spec, load
 
-    return demo_main(args)
+    return load(f"{get_spec('orchestrator').package}.demo:main")(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,12 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="run one service's gRPC server")
-    p.add_argument("service", choices=sorted(SERVICES))
+    p.add_argument("service", choices=implemented_services())
     p.add_argument("--port", type=int, default=None, help="port (default: the service's, 0 = any free)")
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("worker", help="run one service's Celery worker (its own queue)")
-    p.add_argument("service", choices=sorted(SERVICES))
+    p.add_argument("service", choices=implemented_services())
     p.add_argument("--concurrency", type=int, default=1)
     p.set_defaults(func=_worker)
 
@@ -57,11 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="generator model (default: the configured default)")
     p.set_defaults(func=_demo)
 
-    for name in SERVICES:
+    for name in implemented_services():  # each implemented service may add commands in <its package>.cli
+        package = SERVICES[name].package
         try:
-            module = importlib.import_module(f"services.{name}.cli")
+            module = importlib.import_module(f"{package}.cli")
         except ModuleNotFoundError as exc:
-            if exc.name not in (f"services.{name}.cli", f"services.{name}"):
+            if exc.name != f"{package}.cli":
                 raise
             continue
         module.register(sub)

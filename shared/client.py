@@ -7,7 +7,6 @@ transport work once. Every call carries a deadline (the settings' default when n
 from __future__ import annotations
 
 import atexit
-import importlib
 import json
 import threading
 import time
@@ -19,8 +18,8 @@ from google.protobuf import json_format
 
 from shared.config import Settings, Transport, get_client_settings, get_settings
 from shared.errors import Cancelled, DeadlineExceeded, GenstackError, Internal, Unavailable, from_name, from_status
-from shared.rpc import CallContext, Method, ServiceApi
-from shared.services import get_spec
+from shared.rpc import CallContext, Method, ServiceApi, methods_of
+from shared.services import get_spec, load
 
 _inproc_apis: dict[str, ServiceApi] = {}
 _inproc_lock = threading.Lock()
@@ -31,8 +30,7 @@ def inproc_api(service: str) -> ServiceApi:
     with _inproc_lock:
         api = _inproc_apis.get(service)
         if api is None:
-            module, _, factory = get_spec(service).api.partition(":")
-            api = getattr(importlib.import_module(module), factory)()
+            api = load(get_spec(service).api)()
             api.warm_up()
             _inproc_apis[service] = api
         return api
@@ -45,9 +43,9 @@ def _close_inproc_apis() -> None:
     _inproc_apis.clear()
 
 
-def api_class(service: str) -> type[ServiceApi]:
-    module = importlib.import_module(get_spec(service).api.partition(":")[0])
-    return module.API_CLASS
+def service_methods(service: str) -> dict[str, Method]:
+    """A service's RPCs, read from its generated stubs (no server code is loaded)."""
+    return methods_of(get_spec(service).descriptor(), service)
 
 
 class Stream:
@@ -85,7 +83,7 @@ class ServiceClient:
         self.service = service or self.service
         self.settings = settings or get_settings()
         self.transport: Transport = transport or self.settings.transport
-        self.methods: dict[str, Method] = api_class(self.service).methods()
+        self.methods: dict[str, Method] = service_methods(self.service)
         self._api = api
         self._channel = None
         self._celery = celery_app
@@ -182,7 +180,7 @@ class ServiceClient:
     # -- transports -------------------------------------------------------------------------
 
     def _full_name(self) -> str:
-        return api_class(self.service).descriptor.full_name
+        return get_spec(self.service).full_proto_service
 
     def _inproc(self) -> ServiceApi:
         if self._api is None:

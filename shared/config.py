@@ -69,21 +69,30 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GENSTACK_", extra="ignore")
 
 
-class ClientSettings(BaseSettings):
-    """Where clients find each service's gRPC server (GENSTACK_<SERVICE>_ADDRESS)."""
-
+class _ClientSettingsBase(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GENSTACK_", extra="ignore")
 
-    orchestrator_address: str = Field("127.0.0.1:50051", description="host:port of the orchestrator gRPC server")
-    retriever_address: str = Field("127.0.0.1:50052", description="host:port of the retriever gRPC server")
-    generator_address: str = Field("127.0.0.1:50053", description="host:port of the generator gRPC server")
-    validator_address: str = Field("127.0.0.1:50054", description="host:port of the validator gRPC server")
-    image_address: str = Field("127.0.0.1:50055", description="host:port of the image gRPC server")
-    video_address: str = Field("127.0.0.1:50056", description="host:port of the video gRPC server")
-    agent_address: str = Field("127.0.0.1:50057", description="host:port of the agent gRPC server")
-
     def address(self, service: str) -> str:
-        return getattr(self, f"{service}_address")
+        from shared.services import get_spec
+
+        return getattr(self, f"{service}_address", None) or f"127.0.0.1:{get_spec(service).port}"
+
+
+def _client_settings_class() -> type[BaseSettings]:
+    """Where clients find each service's gRPC server (GENSTACK_<SERVICE>_ADDRESS), one field per
+    catalogue entry, defaulting to its port on loopback: the ports are listed only in the catalogue."""
+    from pydantic import create_model
+
+    from shared.services import SERVICES
+
+    fields = {
+        f"{s.name}_address": (str, Field(f"127.0.0.1:{s.port}", description=f"host:port of the {s.name} gRPC server"))
+        for s in SERVICES.values()
+    }
+    return create_model("ClientSettings", __base__=_ClientSettingsBase, __module__=__name__, **fields)
+
+
+ClientSettings = _client_settings_class()
 
 
 @functools.cache

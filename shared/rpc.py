@@ -56,6 +56,10 @@ class CallContext:
     def expired(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
 
+    def stopped(self) -> bool:
+        """Whether work for this call should stop: cancelled, or past its deadline."""
+        return self.cancelled() or self.expired()
+
     def time_remaining(self) -> float | None:
         return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
 
@@ -65,6 +69,11 @@ class CallContext:
             raise Cancelled("the call was cancelled by the client")
         if self.expired():
             raise DeadlineExceeded("the call's deadline passed")
+
+
+def opt(message: Any, name: str) -> Any:
+    """A proto3 `optional` field's value, or None when it is not set."""
+    return getattr(message, name) if message.HasField(name) else None
 
 
 @dataclass(frozen=True)

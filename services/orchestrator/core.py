@@ -13,18 +13,19 @@ from concurrent.futures import ThreadPoolExecutor
 from google.protobuf import json_format
 
 from genstack.orchestrator.v1 import orchestrator_pb2 as opb
+from services.orchestrator.kinds import load_kinds
 from services.orchestrator.pipelines import load_pipelines, pick
-from services.orchestrator.runner import JobRun, now_iso
+from services.orchestrator.runner import JobRun
 from services.orchestrator.settings import OrchestratorSettings
 from services.orchestrator.store import JobStore, MemoryJobStore, RedisJobStore, iter_events
+from shared.clients import client_for
 from shared.config import Settings, get_settings
 from shared.errors import InvalidArgument, NotFound, require
+from shared.timefmt import iso_utc
 
 log = logging.getLogger(__name__)
 
-KINDS = ("answer", "generate", "ingest", "image")
 MAX_KEY_CHARS = 128
-MAX_QUESTION_CHARS = 4000
 
 
 class OrchestratorCore:
@@ -32,6 +33,7 @@ class OrchestratorCore:
                  store: JobStore | None = None):
         self.settings = settings or OrchestratorSettings()
         self.base = base or get_settings()
+        self.kinds = load_kinds()
         self.pipelines = load_pipelines(self.settings.pipelines_file)
         self.store = store or self._make_store()
         self._pool = ThreadPoolExecutor(self.settings.max_concurrent_jobs, thread_name_prefix="job")
@@ -69,17 +71,7 @@ class OrchestratorCore:
         key = (service, transport)
         with self._lock:
             if key not in self._clients:
-                if service == "retriever":
-                    from shared.clients.retriever import RetrieverClient as C
-                elif service == "generator":
-                    from shared.clients.generator import GeneratorClient as C
-                elif service == "validator":
-                    from shared.clients.validator import ValidatorClient as C
-                elif service == "image":
-                    from shared.clients.image import ImageClient as C
-                else:  # pragma: no cover - pipelines only name these
-                    raise InvalidArgument(f"no client for service {service!r}", field="pipeline")
-                self._clients[key] = C(transport)
+                self._clients[key] = client_for(service, transport)
             return self._clients[key]
 
     # -- submission ------------------------------------------------------------------------------
@@ -87,36 +79,19 @@ class OrchestratorCore:
     def check(self, request: opb.SubmitJobRequest) -> tuple[str, str, float]:
         kind = request.WhichOneof("input")
         if kind is None:
-            raise InvalidArgument(f"one of {', '.join(KINDS)} is required", field="input")
+            raise InvalidArgument(f"one of {', '.join(self.kinds)} is required", field="input")
         require(len(request.idempotency_key) <= MAX_KEY_CHARS, "idempotency_key",
                 f"at most {MAX_KEY_CHARS} characters", len(request.idempotency_key))
         require(0 <= request.deadline_s <= self.settings.max_deadline_s, "deadline_s",
                 f"between 0 and {self.settings.max_deadline_s:g} seconds (0 = default)", request.deadline_s)
-        if kind == "answer":
-            a = request.answer
-            require(bool(a.question.strip()), "answer.question", "a non-empty question")
-            require(len(a.question) <= MAX_QUESTION_CHARS, "answer.question",
-                    f"at most {MAX_QUESTION_CHARS} characters", len(a.question))
-            if a.HasField("top_k"):
-                require(1 <= a.top_k <= 50, "answer.top_k", "between 1 and 50", a.top_k)
-            if a.HasField("max_retries"):
-                require(0 <= a.max_retries <= 5, "answer.max_retries", "between 0 and 5", a.max_retries)
-            if a.HasField("alpha"):
-                require(0 <= a.alpha <= 1, "answer.alpha", "in [0, 1]", a.alpha)
-        elif kind == "generate":
-            g = request.generate
-            require(bool(g.prompt) or bool(g.messages), "generate.prompt", "a prompt or messages")
-        elif kind == "ingest":
-            require(bool(request.ingest.documents), "ingest.documents", "at least one document")
-        elif kind == "image":
-            require(bool(request.image.prompt.strip()), "image.prompt", "a non-empty prompt")
+        self.kinds[kind].validate(getattr(request, kind), self.settings)
         name, _ = pick(self.pipelines, request.pipeline, kind)
         return kind, name, request.deadline_s or self.settings.default_deadline_s
 
     def create(self, request: opb.SubmitJobRequest) -> tuple[opb.Job, bool]:
         kind, pipeline, _ = self.check(request)
         job = opb.Job(job_id=uuid.uuid4().hex, kind=kind, state=opb.JOB_STATE_QUEUED, pipeline=pipeline,
-                      created_at=now_iso(), updated_at=now_iso(), request=request)
+                      created_at=iso_utc(), updated_at=iso_utc(), request=request)
         job_id, created = self.store.create(job.job_id, json_format.MessageToDict(job), kind, job.state,
                                             request.idempotency_key)
         if not created:
@@ -154,7 +129,7 @@ class OrchestratorCore:
         self.get(job_id)  # NOT_FOUND before streaming anything
         for e in iter_events(self.store, job_id, after_event_id, stop):
             yield opb.JobEvent(event_id=e.event_id, job_id=job_id, type=e.type, step=e.step,
-                               data_json=json.dumps(e.data), time=_iso(e.time), state=e.state)
+                               data_json=json.dumps(e.data), time=iso_utc(e.time), state=e.state)
 
     def cancel(self, job_id: str) -> tuple[int, bool]:
         job = self.get(job_id)
@@ -168,7 +143,7 @@ class OrchestratorCore:
     def list(self, states: list[int], kinds: list[str], page_size: int, page_token: str) -> tuple[list[opb.Job], str]:
         require(0 <= page_size <= 200, "page_size", "between 1 and 200 (0 = 50)", page_size)
         for k in kinds:
-            require(k in KINDS, "kinds", f"kinds from {', '.join(KINDS)}", k)
+            require(k in self.kinds, "kinds", f"kinds from {', '.join(self.kinds)}", k)
         size = page_size or 50
         try:
             offset = int(base64.urlsafe_b64decode(page_token.encode()).decode()) if page_token else 0
@@ -201,8 +176,3 @@ class OrchestratorCore:
         token = base64.urlsafe_b64encode(str(scan).encode()).decode() if more else ""
         return out, token
 
-
-def _iso(ts: float) -> str:
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

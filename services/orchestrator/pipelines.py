@@ -1,7 +1,10 @@
 """Pipelines are data: an ordered list of named steps with parameters, plus an optional retry rule.
 
-The step names refer to functions in `steps.py`. A file named by GENSTACK_ORCHESTRATOR_PIPELINES_FILE
-(JSON or YAML, a mapping of pipeline name -> definition) adds pipelines or overrides shipped ones.
+Each job kind ships its pipelines (services/orchestrator/kinds/). A file named by
+GENSTACK_ORCHESTRATOR_PIPELINES_FILE (JSON or YAML, a mapping of pipeline name -> definition) adds
+pipelines or overrides shipped ones. Every pipeline is checked when it loads: its kind exists, its
+steps exist and take that kind's input, each step's inputs come from an earlier step, the kind's
+result is provided, and the retry rule names steps of the pipeline in a workable order.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from shared.errors import FailedPrecondition, InvalidArgument
 
 
 class StepDef(BaseModel):
-    name: str = Field(description="A step function from services.orchestrator.steps")
+    name: str = Field(description="A registered step (services.orchestrator.steps.STEPS)")
     params: dict = Field(default_factory=dict)
 
 
@@ -32,55 +35,52 @@ class Pipeline(BaseModel):
     description: str = ""
 
 
-SHIPPED: dict[str, Pipeline] = {
-    "answer": Pipeline(
-        kind="answer",
-        description="RAG: retrieve, build a numbered context, generate a cited answer, attach citations the model "
-        "left out where one source clearly supports a sentence, validate; re-ask with the validator's feedback "
-        "(escalating along the model cascade) until it passes or retries run out",
-        steps=[
-            StepDef(name="retrieve"),
-            StepDef(name="build_context"),
-            StepDef(name="generate_answer"),
-            StepDef(name="cite_answer", params={"min_support": 0.6}),
-            StepDef(name="validate_answer", params={"policy": "rag-answer"}),
-        ],
-        retry=RetryRule(on="validate_answer", restart_at="generate_answer", max_retries=2),
-    ),
-    "generate": Pipeline(kind="generate", description="One generation", steps=[StepDef(name="generate")]),
-    "ingest": Pipeline(kind="ingest", description="Documents into the retriever", steps=[StepDef(name="ingest")]),
-    "image": Pipeline(
-        kind="image",
-        description="Text-to-image, then the validator's image-default policy; a failed verdict retries once "
-        "with the next seed",
-        steps=[StepDef(name="generate_image"), StepDef(name="validate_image", params={"policy": "image-default"})],
-        retry=RetryRule(on="validate_image", restart_at="generate_image", max_retries=1),
-    ),
-}
+def shipped() -> dict[str, Pipeline]:
+    """Every job kind's own pipelines."""
+    from services.orchestrator.kinds import load_kinds
+
+    out: dict[str, Pipeline] = {}
+    for kind in load_kinds().values():
+        out.update(kind.pipelines)
+    return out
+
+
+def check_pipeline(name: str, p: Pipeline) -> None:
+    """Raise FailedPrecondition naming the pipeline, the step and what is missing."""
+    from services.orchestrator.kinds import load_kinds
+    from services.orchestrator.steps import check_steps
+
+    kinds = load_kinds()
+    kind = kinds.get(p.kind)
+    if kind is None:
+        raise FailedPrecondition(f"pipeline {name!r}: unknown kind {p.kind!r}; known: {', '.join(sorted(kinds))}")
+    try:
+        check_steps(name, p.kind, [s.name for s in p.steps], kind.result_needs,
+                    p.retry.on if p.retry else None, p.retry.restart_at if p.retry else None)
+    except ValueError as exc:
+        raise FailedPrecondition(str(exc)) from None
 
 
 def load_pipelines(path: str) -> dict[str, Pipeline]:
-    pipelines = dict(SHIPPED)
-    if not path:
-        return pipelines
-    text = Path(path).read_text()
-    try:
-        if path.endswith((".yaml", ".yml")):
-            import yaml
+    pipelines = shipped()
+    if path:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise FailedPrecondition(f"pipelines file {path}: cannot be read ({exc.strerror})") from None
+        try:
+            if path.endswith((".yaml", ".yml")):
+                import yaml
 
-            doc = yaml.safe_load(text)
-        else:
-            doc = json.loads(text)
-        for name, definition in (doc or {}).items():
-            pipelines[name] = Pipeline.model_validate(definition)
-    except Exception as exc:  # noqa: BLE001 - a bad file stops start-up with the reason
-        raise FailedPrecondition(f"pipelines file {path}: {exc}") from None
-    from services.orchestrator.steps import STEPS
-
+                doc = yaml.safe_load(text)
+            else:
+                doc = json.loads(text)
+            for name, definition in (doc or {}).items():
+                pipelines[name] = Pipeline.model_validate(definition)
+        except Exception as exc:  # noqa: BLE001 - a bad file stops start-up with the reason
+            raise FailedPrecondition(f"pipelines file {path}: {exc}") from None
     for name, p in pipelines.items():
-        for step in p.steps:
-            if step.name not in STEPS:
-                raise FailedPrecondition(f"pipeline {name!r}: unknown step {step.name!r}; known: {sorted(STEPS)}")
+        check_pipeline(name, p)
     return pipelines
 
 

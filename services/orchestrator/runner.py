@@ -8,17 +8,17 @@ import functools
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 import grpc
 from google.protobuf import json_format
 
 from genstack.orchestrator.v1 import orchestrator_pb2 as opb
-from services.orchestrator import context as ctxmod
+from services.orchestrator.kinds import get_kind
 from services.orchestrator.pipelines import Pipeline
-from services.orchestrator.steps import STEPS
+from services.orchestrator.steps import STEPS, RunState, dumps
 from shared.errors import Cancelled, DeadlineExceeded, GenstackError
 from shared.logging import job_id_var
+from shared.timefmt import iso_utc
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +27,6 @@ _EVENT_STATE = {
     "job.failed": opb.JOB_STATE_FAILED,
     "job.cancelled": opb.JOB_STATE_CANCELLED,
 }
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass
@@ -47,8 +43,11 @@ class JobRun:
         self.store = core.store
         self.job = job
         self.pipeline = pipeline
+        self.kind = get_kind(job.kind)
         self.deadline = time.monotonic() + deadline_s
-        self.state: dict = {}
+        self._state = RunState()
+        #: what the running step sees of the run state (see steps.StepView)
+        self.state = None
         self._next_cancel_poll = 0.0
         self._cancelled = False
 
@@ -75,18 +74,14 @@ class JobRun:
     def client(self, service: str, step: str):
         return self.core.client(service, self.core.transport_for(step))
 
-    def max_new_tokens(self) -> int:
-        s = self.job.request.answer.sampling
-        return s.max_new_tokens if s.HasField("max_new_tokens") else self.settings.answer_max_new_tokens
-
     @contextlib.contextmanager
     def step(self, name: str, service: str, input_doc: dict, attempt: int = 1):
         transport = self.core.transport_for(name) if service else ""
         rec = _StepRec()
-        started, t0 = now_iso(), time.perf_counter()
+        started, t0 = iso_utc(), time.perf_counter()
         self.emit("step.started", name, {"service": service, "transport": transport, "attempt": attempt})
         record = opb.StepRecord(name=name, service=service, transport=transport, attempt=attempt,
-                                started_at=started, input_json=_dumps(input_doc))
+                                started_at=started, input_json=dumps(input_doc))
         try:
             yield rec
         except BaseException as exc:
@@ -99,7 +94,7 @@ class JobRun:
                 self._save()
             raise
         record.status = rec.status
-        record.output_json = _dumps(rec.output)
+        record.output_json = dumps(rec.output)
         record.service_ms = rec.service_ms
         record.duration_ms = (time.perf_counter() - t0) * 1000
         self.job.steps.append(record)
@@ -109,7 +104,7 @@ class JobRun:
             self._save()
 
     def _save(self) -> None:
-        self.job.updated_at = now_iso()
+        self.job.updated_at = iso_utc()
         # A snapshot costs microseconds; turning it into the stored JSON happens in the writer.
         self.store.save(self.job.job_id, functools.partial(_record, self.job.SerializeToString()), self.job.state)
 
@@ -126,10 +121,10 @@ class JobRun:
                 self.emit("job.started")
                 self._save()
             verdict_failed = self._walk()
-            self._fill_result()
+            self.kind.fill_result(self.job, self._state)
             if verdict_failed:
                 self.job.state = opb.JOB_STATE_FAILED
-                self.job.error = "validation failed after all retries: " + (self.state.get("feedback") or "")
+                self.job.error = "validation failed after all retries: " + (self._state.get("feedback") or "")
                 self.job.error_code = "FAILED_PRECONDITION"
                 ending = "job.failed"
             else:
@@ -159,57 +154,28 @@ class JobRun:
         steps = self.pipeline.steps
         rule = self.pipeline.retry
         max_retries = rule.max_retries if rule else 0
-        a = self.job.request.answer
-        if rule and self.job.kind == "answer" and a.HasField("max_retries"):
-            max_retries = a.max_retries
+        override = self.kind.max_retries(getattr(self.job.request, self.job.kind))
+        if rule and override is not None:
+            max_retries = override
         retries, i = 0, 0
         while i < len(steps):
             if self.cancelled():
                 raise Cancelled("job cancelled")
             self.timeout()  # raises once the deadline has passed
             s = steps[i]
-            outcome = STEPS[s.name](self, dict(s.params))
+            spec = STEPS[s.name]
+            self.state = self._state.view(spec)
+            outcome = spec.fn(self, dict(s.params))
             if outcome == "failed" and rule and s.name == rule.on:
                 if retries >= max_retries:
                     return True
                 retries += 1
-                self.emit("job.retry", s.name, {"retry": retries, "feedback": self.state.get("feedback", "")})
+                self.emit("job.retry", s.name, {"retry": retries, "feedback": self._state.get("feedback", "")})
                 i = next(k for k, st in enumerate(steps) if st.name == rule.restart_at)
                 continue
             i += 1
         return False
 
-    def _fill_result(self) -> None:
-        if self.job.kind == "answer":
-            answer = self.state.get("answer", "")
-            cited = ctxmod.cited_numbers(answer)
-            result = opb.AnswerResult(
-                answer=answer, model=self.state.get("model", ""), attempts=self.state.get("attempt", 0),
-                answered=self.state.get("answered", False),
-                citations=[
-                    opb.Citation(index=i, chunk_id=c.chunk_id, document_id=c.document_id, source=c.source,
-                                 text=c.text, score=c.score, cited=i in cited)
-                    for i, c in enumerate(self.state.get("sources", []), 1)
-                ],
-            )
-            if self.state.get("verdict") is not None:
-                result.verdict.CopyFrom(self.state["verdict"])
-            self.job.answer.CopyFrom(result)
-        elif self.job.kind == "generate":
-            self.job.generate.CopyFrom(self.state["generate"])
-        elif self.job.kind == "ingest":
-            self.job.ingest.CopyFrom(self.state["ingest"])
-        elif self.job.kind == "image":
-            self.job.image.CopyFrom(opb.ImageResult(images=self.state.get("images", []),
-                                                    verdicts=self.state.get("image_verdicts", []),
-                                                    attempts=self.state.get("image_attempt", 0)))
-
 
 def _record(snapshot: bytes) -> dict:
     return json_format.MessageToDict(opb.Job.FromString(snapshot))
-
-
-def _dumps(doc: dict) -> str:
-    import json
-
-    return json.dumps(doc, default=str)

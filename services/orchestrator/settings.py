@@ -30,7 +30,6 @@ class OrchestratorSettings(ServiceSettings):
     answer_models: list[str] = Field(
         default_factory=list, description="Cascade for answer jobs (small first); empty = the generator's default"
     )
-    answer_max_retries: int = Field(2, description="Re-asks after a failed verdict in answer jobs")
     answer_top_k: int = Field(4, description="Chunks retrieved for answer jobs")
     answer_max_new_tokens: int = Field(160, description="Answer length cap in tokens")
     context_tokens: int = Field(1536, description="Token budget for prompt + sources + answer in answer jobs")

@@ -1,5 +1,5 @@
-"""`genstack up`: every existing service's gRPC server and Celery worker as separate processes
-on this machine, wired together through Redis and their default ports."""
+"""`genstack up`: every implemented service's gRPC server and Celery worker as separate processes
+on this machine, wired together through Redis and the catalogue's ports."""
 
 from __future__ import annotations
 
@@ -7,40 +7,54 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from importlib.util import find_spec
 
 from shared.config import get_client_settings
-from shared.services import SERVICES
+from shared.errors import InvalidArgument
+from shared.services import SERVICES, implemented_services
 
 
-def available_services() -> list[str]:
-    return [name for name in SERVICES if find_spec(f"services.{name}.grpc_api") is not None]
+def plan(services: list[str] | None = None) -> list[tuple[str, list[str]]]:
+    """(label, argv) of every process `up` starts: a server and a worker per service."""
+    names = services or implemented_services()
+    for name in names:
+        if name not in SERVICES:
+            raise InvalidArgument(f"unknown service {name!r}; choose from {', '.join(implemented_services())}",
+                                  field="services")
+        if not SERVICES[name].implemented:
+            raise InvalidArgument(f"the {name} service is not implemented yet; choose from "
+                                  f"{', '.join(implemented_services())}", field="services")
+    procs = []
+    for name in names:
+        port = get_client_settings().address(name).rsplit(":", 1)[1]
+        procs.append((f"{name} grpc", [sys.executable, "-m", "shared.cli", "serve", name, "--port", port]))
+        procs.append((f"{name} worker", [sys.executable, "-m", "shared.cli", "worker", name]))
+    return procs
 
 
 def run_stack(services: list[str] | None = None) -> int:
-    names = services or available_services()
+    from shared.readiness import report_readiness_in_background
+
+    planned = plan(services)
+    names = services or implemented_services()
     env = {**os.environ, "GENSTACK_TRANSPORT": os.environ.get("GENSTACK_TRANSPORT", "grpc")}
-    procs: list[tuple[str, subprocess.Popen]] = []
-    for name in names:
-        port = get_client_settings().address(name).rsplit(":", 1)[1]
-        for role, args in (("grpc", ["serve", name, "--port", port]), ("worker", ["worker", name])):
-            procs.append((f"{name} {role}", subprocess.Popen([sys.executable, "-m", "shared.cli", *args], env=env)))
+    procs = [(label, subprocess.Popen(argv, env=env)) for label, argv in planned]
     print(f"genstack up: {len(procs)} processes ({', '.join(names)}); Ctrl-C stops them", flush=True)
-    stopping = False
+    stopping = threading.Event()
 
     def stop(*_):
-        nonlocal stopping
-        stopping = True
+        stopping.set()
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    report_readiness_in_background(names, stop=stopping.is_set)
     try:
-        while not stopping:
+        while not stopping.is_set():
             for label, p in procs:
                 if p.poll() is not None:
                     print(f"genstack up: {label} exited with {p.returncode}; stopping", file=sys.stderr)
-                    stopping = True
+                    stopping.set()
             time.sleep(0.5)
     finally:
         for _, p in procs:

@@ -9,9 +9,9 @@ from google.protobuf import json_format
 
 from genstack.orchestrator.v1 import orchestrator_pb2 as pb
 from services.orchestrator.grpc_api import API_CLASS
-from shared.celery_app import make_celery, register_tasks, with_retry
+from shared.celery_app import make_celery, parse_payload, register_tasks, with_retry
 from shared.client import inproc_api
-from shared.errors import GenstackError, InvalidArgument
+from shared.errors import GenstackError
 from shared.logging import task_id_var
 
 app = make_celery()
@@ -22,10 +22,7 @@ tasks = register_tasks(app, API_CLASS, lambda: inproc_api("orchestrator"), skip=
 @with_retry
 def submit_job(self, payload: dict | None = None, deadline_s: float | None = None) -> dict:
     task_id_var.set(self.request.id)
-    try:
-        request = json_format.ParseDict(payload or {}, pb.SubmitJobRequest())
-    except json_format.ParseError as exc:
-        raise InvalidArgument(f"payload is not a valid genstack.orchestrator.v1.SubmitJobRequest: {exc}") from None
+    request = parse_payload(payload, pb.SubmitJobRequest)
     core = inproc_api("orchestrator").core
     if not request.idempotency_key:
         # a redelivered task (acks_late) must not create a second job

@@ -141,10 +141,11 @@ class RetrieverApi(ServiceApi):
         request: pb.IngestDocumentsRequest,
         ctx: CallContext,
         *,
-        max_documents: int | None = None,
+        large: bool = False,
         on_progress: Callable[[pb.IngestProgress], None] | None = None,
     ) -> pb.IngestDocumentsResponse:
-        """IngestDocuments, with the larger document cap and progress reports of the retriever.ingest task."""
+        """IngestDocuments; `large` applies the retriever.ingest task's larger document cap, and
+        `on_progress` receives its progress reports."""
         chunking = request.chunking
         progress = None
         if on_progress is not None:
@@ -154,7 +155,7 @@ class RetrieverApi(ServiceApi):
             to_documents(request),
             _opt(chunking, "chunk_size_tokens"),
             _opt(chunking, "chunk_overlap_tokens"),
-            max_documents=max_documents,
+            max_documents=self.core.settings.max_documents_per_task if large else None,
             progress=progress,
             check=ctx.check,
         )

@@ -20,11 +20,10 @@ from google.protobuf import json_format
 
 from genstack.retriever.v1 import retriever_pb2 as pb
 from services.retriever.grpc_api import API_CLASS
-from services.retriever.settings import RetrieverSettings
-from shared.celery_app import TaskCallContext, make_celery, register_tasks, with_retry
+from shared.celery_app import TaskCallContext, make_celery, parse_payload, register_tasks, with_retry
 from shared.client import inproc_api
 from shared.config import get_settings
-from shared.errors import GenstackError, InvalidArgument
+from shared.errors import GenstackError
 from shared.logging import task_id_var
 
 INGEST_TASK = "retriever.ingest"
@@ -43,10 +42,7 @@ def progress_meta(msg: pb.IngestProgress) -> dict:
 
 def _ingest(self, payload: dict | None = None, deadline_s: float | None = None) -> dict:
     task_id_var.set(self.request.id)
-    try:
-        request = json_format.ParseDict(payload or {}, pb.IngestDocumentsRequest(), ignore_unknown_fields=False)
-    except json_format.ParseError as exc:
-        raise InvalidArgument(f"payload is not a valid genstack.retriever.v1.IngestDocumentsRequest: {exc}") from None
+    request = parse_payload(payload, pb.IngestDocumentsRequest)
     ctx = TaskCallContext(_redis, self.request.id, deadline_s)
     last = {"stage": None, "at": 0.0}
 
@@ -58,9 +54,7 @@ def _ingest(self, payload: dict | None = None, deadline_s: float | None = None) 
             last.update(stage=msg.stage, at=now)
 
     api = inproc_api("retriever")
-    response = api.ingest(
-        request, ctx, max_documents=RetrieverSettings().max_documents_per_task, on_progress=on_progress
-    )
+    response = api.ingest(request, ctx, large=True, on_progress=on_progress)
     return json_format.MessageToDict(response)
 
 

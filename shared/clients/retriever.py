@@ -54,14 +54,10 @@ class RetrieverClient(ServiceClient):
         """
         timeout = self.settings.default_deadline_s if timeout is None else timeout
         if self.transport == "inproc":
-            from services.retriever.settings import RetrieverSettings
             from shared.rpc import CallContext
 
-            api = self._inproc()
-            return api.ingest(
-                request, CallContext.with_timeout(timeout),
-                max_documents=RetrieverSettings().max_documents_per_task, on_progress=on_progress,
-            )
+            return self._inproc().ingest(request, CallContext.with_timeout(timeout), large=True,
+                                         on_progress=on_progress)
         if self._celery is None:
             from shared.celery_app import make_celery
 

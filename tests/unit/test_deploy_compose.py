@@ -22,8 +22,8 @@ import jsonschema
 import pytest
 import yaml
 
-from deploy import consistency
-from shared.services import SERVICES
+from deploy import consistency, generate_compose
+from shared.services import SERVICES, dependencies, implemented_services
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
@@ -119,7 +119,15 @@ def _genstack(compose: dict) -> dict[str, dict]:
     return {n: s for n, s in compose["services"].items() if consistency._is_genstack_compose_service(s)}
 
 
-@pytest.mark.parametrize("name", sorted(SERVICES))
+IMPLEMENTED = implemented_services()
+
+
+def test_compose_files_are_generated_from_the_catalogue():
+    stale = generate_compose.stale_files()
+    assert not stale, f"regenerate with `python -m deploy.generate_compose`: {[str(p) for p in stale]}"
+
+
+@pytest.mark.parametrize("name", sorted(IMPLEMENTED))
 def test_every_service_has_a_server_and_a_worker(compose, name):
     spec = SERVICES[name]
     services = compose["services"]
@@ -142,7 +150,7 @@ def test_every_service_has_a_server_and_a_worker(compose, name):
 
 
 def test_no_container_for_an_unknown_service(compose):
-    expected = {n for name in SERVICES for n in (name, f"{name}-worker")}
+    expected = {n for name in IMPLEMENTED for n in (name, f"{name}-worker")}
     assert set(_genstack(compose)) == expected
     assert set(compose["services"]) - expected == {"redis", "weaviate"}
 
@@ -159,8 +167,10 @@ def test_dependencies_wait_on_health(compose):
         service = svc["build"]["args"]["SERVICE"]
         if service == "retriever":
             assert "weaviate" in deps, f"{name} stores vectors in Weaviate"
+        assert set(dependencies(SERVICES[service])) <= deps.keys(), f"{name} waits for the services it calls"
+        assert deps.keys() <= {"redis", "weaviate", *IMPLEMENTED}, f"{name} waits for a service that does not exist"
         if service == "orchestrator":
-            assert set(SERVICES) - {"orchestrator"} <= deps.keys(), "the orchestrator waits for the services"
+            assert set(IMPLEMENTED) - {"orchestrator", "agent"} <= deps.keys(), "it waits for the services"
     # no cycles: a topological order exists
     remaining = {n: set(s.get("depends_on", {})) for n, s in services.items()}
     while remaining:
@@ -220,6 +230,12 @@ def test_gpu_override_targets_gpu_services_only(compose):
     for name, svc in override["services"].items():
         assert name in compose["services"], f"override for unknown service {name}"
         service = compose["services"][name]["build"]["args"]["SERVICE"]
-        assert service in ("generator", "image", "video")
+        assert SERVICES[service].gpu, f"{service} is not a GPU service in the catalogue"
         assert svc["environment"] == {f"GENSTACK_{service.upper()}_DEVICE": "cuda"}
         assert svc["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+
+
+def test_gpu_override_covers_every_implemented_gpu_service():
+    override = yaml.safe_load(GPU_OVERRIDE.read_text())
+    gpu = {n for n in IMPLEMENTED if SERVICES[n].gpu}
+    assert set(override["services"]) == {c for n in gpu for c in (n, f"{n}-worker")}

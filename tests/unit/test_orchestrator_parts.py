@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from services.orchestrator import context as ctx
-from services.orchestrator.pipelines import SHIPPED, load_pipelines, pick
+from services.orchestrator.pipelines import load_pipelines, pick, shipped
 from services.orchestrator.store import MemoryJobStore, RedisJobStore, iter_events, next_stream_id
 from shared.config import get_settings
 from shared.errors import FailedPrecondition, InvalidArgument, Unavailable
@@ -227,7 +227,7 @@ def test_citations_are_attached_only_where_one_source_supports_the_sentence():
 
 
 def test_pipelines_are_data_and_checked(tmp_path):
-    assert [s.name for s in SHIPPED["answer"].steps] == ["retrieve", "build_context", "generate_answer",
+    assert [s.name for s in shipped()["answer"].steps] == ["retrieve", "build_context", "generate_answer",
                                                          "cite_answer", "validate_answer"]
     f = tmp_path / "p.json"
     f.write_text('{"quick-answer": {"kind": "answer", "steps": [{"name": "retrieve"}, {"name": "build_context"},'

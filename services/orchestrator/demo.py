@@ -8,11 +8,12 @@ Everything runs in this process over the inproc transport.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 COLLECTION = "genstack_docs"
 QUESTION = "What does the genstack validator return?"
 
@@ -26,6 +27,7 @@ def main(args: argparse.Namespace) -> int:
     from genstack.orchestrator.v1 import orchestrator_pb2 as pb
     from genstack.retriever.v1 import retriever_pb2 as rpb
     from services.orchestrator.cli import follow, run_answer
+    from shared import progress
     from shared.clients.orchestrator import OrchestratorClient
 
     started = time.perf_counter()
@@ -38,8 +40,13 @@ def main(args: argparse.Namespace) -> int:
     with OrchestratorClient("inproc") as client:
         job = client.submit_job(pb.SubmitJobRequest(ingest=rpb.IngestDocumentsRequest(collection=COLLECTION,
                                                                                       documents=docs)))
-        for _ in follow(client, job.job_id):
-            pass
+        for event in follow(client, job.job_id):
+            if event.type == "ingest.progress":
+                p = json.loads(event.data_json or "{}")
+                stage = str(p.get("stage", "")).removeprefix("INGEST_STAGE_").lower()
+                progress.report(f"ingesting the docs: {stage} {p.get('done', 0)}/{p.get('total', 0)}", **p)
+            elif event.type == "step.started":
+                progress.report(f"step {event.step} …", step=event.step)
         ingested = client.get_job(job.job_id)
         if ingested.state != pb.JOB_STATE_SUCCEEDED:
             print(f"ingest failed: {ingested.error}", file=sys.stderr)
