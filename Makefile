@@ -62,6 +62,7 @@ train-image: protos
 
 deploy-check: protos
 	$(BIN)/python -m deploy.generate_k8s --check
+	$(BIN)/python -m deploy.generate_compose --check
 	$(BIN)/python -m deploy.consistency
 
 clean:
