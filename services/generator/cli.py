@@ -15,15 +15,17 @@ def register(sub) -> None:
     p.add_argument("--model", default="", help="registry name, Hugging Face id or folder (default: configured)")
     p.add_argument("--raw", action="store_true", help="continue the prompt as is, without the chat template")
     p.add_argument("--system", default=None, help="system message for chat models")
-    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--max-new-tokens", type=int, default=None, help="most tokens to generate (default 256, cap 2048)")
     p.add_argument("--temperature", type=float, default=None, help=">= 0; 0 = greedy")
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--repetition-penalty", type=float, default=None)
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: keep the likeliest tokens up to this "
+                   "probability mass, in (0, 1]")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest tokens (0 = off)")
+    p.add_argument("--repetition-penalty", type=float, default=None, help="> 1 discourages repeating tokens")
     p.add_argument("--stop", action="append", default=[], help="stop sequence (repeatable, at most 16)")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None, help="seed; the same seed and settings give the same text")
     p.add_argument("--logprobs", type=int, default=None, metavar="N", help="return log-probs with N alternatives")
-    p.add_argument("--transport", choices=["inproc", "grpc", "celery"], default=None)
+    p.add_argument("--transport", choices=["inproc", "grpc", "celery"], default=None,
+                   help="how to reach the generator (default: GENSTACK_TRANSPORT, inproc = embedded)")
     p.add_argument("--timeout", type=float, default=None, help="deadline in seconds")
     p.add_argument("--json", action="store_true", help="print one JSON object per streamed message")
     p.set_defaults(func=run)
@@ -53,6 +55,11 @@ def build_request(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from genstack.generator.v1 import generator_pb2 as pb
     from shared.clients.generator import GeneratorClient
+    from shared.errors import InvalidArgument
+
+    if not args.prompt.strip():
+        raise InvalidArgument("must be a non-empty prompt, e.g. genstack generate \"Name three colours.\"",
+                              field="prompt")
 
     with GeneratorClient(args.transport) as client:
         final = None
@@ -64,10 +71,11 @@ def run(args: argparse.Namespace) -> int:
                 sys.stdout.flush()
             final = msg
         if not args.json and final is not None:
+            print(flush=True)  # the answer ends with a newline, also when stderr is redirected
             s = final.stats
             reason = pb.FinishReason.Name(final.finish_reason).removeprefix("FINISH_REASON_").lower()
             print(
-                f"\n\n[{final.model} · {s.completion_tokens} tokens · {s.tokens_per_second:.1f} tok/s · "
+                f"\n[{final.model} · {s.completion_tokens} tokens · {s.tokens_per_second:.1f} tok/s · "
                 f"first token {s.time_to_first_token_ms:.0f} ms · seed {final.seed} · {reason}]",
                 file=sys.stderr,
             )

@@ -19,9 +19,11 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=None, help="seed; the same seed gives the same pixels")
     p.add_argument("--width", type=int, default=None, help="multiple of 8 (default: the model's size)")
     p.add_argument("--height", type=int, default=None, help="multiple of 8 (default: the model's size)")
-    p.add_argument("-n", "--num-images", type=int, default=None)
-    p.add_argument("--scheduler", choices=sorted(SCHEDULER_CHOICES), default=None)
-    p.add_argument("--transport", choices=["inproc", "grpc", "celery"], default=None)
+    p.add_argument("-n", "--num-images", type=int, default=None, help="images to generate (default 1)")
+    p.add_argument("--scheduler", choices=sorted(SCHEDULER_CHOICES), default=None,
+                   help="sampler (default: GENSTACK_IMAGE_DEFAULT_SCHEDULER, ddim)")
+    p.add_argument("--transport", choices=["inproc", "grpc", "celery"], default=None,
+                   help="how to reach the image service (default: GENSTACK_TRANSPORT, inproc = embedded)")
     p.add_argument("--timeout", type=float, default=None, help="deadline in seconds")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

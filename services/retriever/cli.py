@@ -14,6 +14,7 @@ import os
 import re
 import sys
 import textwrap
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,6 +40,8 @@ def register(sub) -> None:
                    help="show the progress bar (default: when stderr is a terminal)")
     p.add_argument("--queued", action="store_true",
                    help="send everything as one retriever.ingest task (all or nothing, progress per chunk)")
+    p.add_argument("--json", action="store_true",
+                   help="print the outcome as one JSON object (progress as JSON lines on stderr)")
     _common(p)
     p.set_defaults(func=run_ingest)
 
@@ -46,7 +49,8 @@ def register(sub) -> None:
     p.add_argument("query", help="the query text")
     p.add_argument("--collection", "-c", default="default", help="collection (default: default)")
     p.add_argument("--top-k", "-k", type=int, default=None, help="number of hits (default: the service's)")
-    p.add_argument("--mode", choices=["hybrid", "vector", "keyword"], default="hybrid")
+    p.add_argument("--mode", choices=["hybrid", "vector", "keyword"], default="hybrid",
+                   help="hybrid (default): vector and BM25 scores fused by --alpha; vector; keyword (BM25)")
     p.add_argument("--alpha", type=float, default=None, help="hybrid weight: 1 = vector only, 0 = keyword only")
     p.add_argument("--where", action="append", default=[], metavar="COND",
                    help="metadata filter: key=value, key:in=a,b, key>=N, key<DATE (repeatable; all must hold)")
@@ -58,14 +62,22 @@ def register(sub) -> None:
     _common(p)
     p.set_defaults(func=run_search)
 
-    p = sub.add_parser("collections", help="list retriever collections with their counts")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("collections", help="list retriever collections with their counts (or delete one)")
+    p.add_argument("--json", action="store_true", help="print the ListCollectionsResponse as JSON")
     _common(p)
     p.set_defaults(func=run_collections)
+    actions = p.add_subparsers(dest="collections_cmd", required=False, metavar="ACTION")
+    d = actions.add_parser("delete", help="delete a collection and every chunk in it")
+    d.add_argument("collection", help="the collection to delete")
+    d.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    d.add_argument("--json", action="store_true", help="print the DeleteCollectionResponse as JSON")
+    _common(d)
+    d.set_defaults(func=run_delete_collection)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--transport", choices=["inproc", "grpc", "celery"], default=None)
+    p.add_argument("--transport", choices=["inproc", "grpc", "celery"], default=None,
+                   help="how to reach the retriever (default: GENSTACK_TRANSPORT, inproc = embedded store, no server)")
     p.add_argument("--timeout", type=float, default=None, help="deadline per request in seconds")
 
 
@@ -154,16 +166,30 @@ def run_ingest(args: argparse.Namespace) -> int:
     if args.chunk_overlap is not None:
         chunking.chunk_overlap_tokens = args.chunk_overlap
 
+    from shared import progress as reporter
+
     written_files, written_chunks, refused = 0, 0, []
     with RetrieverClient(args.transport) as client:
         # a request stays well under the gRPC message limit
         max_bytes = max(1, client.settings.grpc_max_message_bytes // 2)
+        quiet = getattr(args, "quiet", False)
+        show_bar = (sys.stderr.isatty() if args.progress is None else args.progress) and not quiet
         bar = tqdm(total=len(files), unit="file", desc=f"ingest → {args.collection}", file=sys.stderr,
-                   disable=None if args.progress is None else not args.progress)
+                   disable=not show_bar)
+        last_line = [0.0, ""]
+
+        def progress(p):
+            stage = pb.IngestStage.Name(p.stage).removeprefix("INGEST_STAGE_").lower()
+            text = f"{stage} {p.done}/{p.total}" + (" chunks" if stage in ("embedding", "writing") else "")
+            bar.set_postfix_str(text)
+            now = time.monotonic()
+            # without a bar: a line per stage and at most one a second within one
+            new_stage = not last_line[1].startswith(stage)
+            if not show_bar and text != last_line[1] and (new_stage or now - last_line[0] >= 1 or p.done == p.total):
+                last_line[:] = [now, text]
+                reporter.report(f"ingest → {args.collection}: {text}", stage=stage, done=p.done, total=p.total)
+
         if args.queued:
-            def progress(p):
-                bar.set_postfix_str(f"{pb.IngestStage.Name(p.stage).removeprefix('INGEST_STAGE_').lower()} "
-                                    f"{p.done}/{p.total}")
 
             request = pb.IngestDocumentsRequest(collection=args.collection, chunking=chunking,
                                                 documents=[_document(pb, f, extra) for f in files])
@@ -180,7 +206,10 @@ def run_ingest(args: argparse.Namespace) -> int:
                     request = pb.IngestDocumentsRequest(collection=args.collection, chunking=chunking,
                                                         documents=[_document(pb, f, extra) for f in pending])
                     try:
-                        response = client.ingest_documents(request, timeout=args.timeout)
+                        if client.transport == "inproc":  # same all-or-nothing call, with its progress
+                            response = client.ingest_large(request, timeout=args.timeout, on_progress=progress)
+                        else:
+                            response = client.ingest_documents(request, timeout=args.timeout)
                     except InvalidArgument as exc:
                         m = _BAD_DOC.match(exc.message)
                         bad = pending[int(m.group(1))] if m and int(m.group(1)) < len(pending) else None
@@ -199,8 +228,17 @@ def run_ingest(args: argparse.Namespace) -> int:
                     written_chunks += response.chunks_written
                     bar.update(len(pending))
                     bar.set_postfix_str(f"{written_chunks} chunks")
+                    if not show_bar:
+                        done = written_files + len(refused)
+                        reporter.report(f"ingest → {args.collection}: {done}/{len(files)} files, {written_chunks} "
+                                        "chunks written", files=done, total=len(files), chunks=written_chunks)
                     pending = []
             bar.close()
+    if args.json:
+        print(json.dumps({"collection": args.collection, "files": written_files, "chunks": written_chunks,
+                          "skipped": [str(p) for p in skipped],
+                          "refused": [{"file": d, "error": m} for d, m in refused]}))
+        return 0 if not refused else 3
     print(f"ingested {written_files} files as {written_chunks} chunks into {args.collection!r}"
           + (f"; {len(skipped)} files of other types skipped" if skipped else ""))
     for display, message in refused:
@@ -288,6 +326,30 @@ def run_search(args: argparse.Namespace) -> int:
         print("no hits")
         return 0
     print("\n\n".join(format_hit(i, h, args.full) for i, h in enumerate(response.hits, start=1)))
+    return 0
+
+
+def run_delete_collection(args: argparse.Namespace) -> int:
+    from google.protobuf import json_format
+
+    from genstack.retriever.v1 import retriever_pb2 as pb
+    from shared.clients.retriever import RetrieverClient
+
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise SystemExit(f"deleting {args.collection!r} cannot be undone: pass --yes to confirm")
+        answer = input(f"delete collection {args.collection!r} and all its chunks? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing deleted")
+            return 1
+    with RetrieverClient(args.transport) as client:
+        response = client.delete_collection(pb.DeleteCollectionRequest(collection=args.collection),
+                                            timeout=args.timeout)
+    if args.json:
+        print(json.dumps(json_format.MessageToDict(response, always_print_fields_with_no_presence=True), indent=2))
+    else:
+        print(f"deleted collection {args.collection!r}: {response.documents_deleted} documents, "
+              f"{response.chunks_deleted} chunks")
     return 0
 
 

@@ -41,7 +41,8 @@ def register(sub) -> None:
     p.add_argument("--fps", type=float, default=0.0, help="expected video frames per second")
     p.add_argument("--list", action="store_true", help="list the policies and checks, then exit")
     p.add_argument("--json", action="store_true", help="print the verdict as JSON")
-    p.add_argument("--transport", choices=["inproc", "grpc", "celery"], default=None)
+    p.add_argument("--transport", choices=["inproc", "grpc", "celery"], default=None,
+                   help="how to reach the validator (default: GENSTACK_TRANSPORT, inproc = embedded)")
     p.add_argument("--timeout", type=float, default=None, help="deadline in seconds")
     p.set_defaults(func=run)
 
@@ -104,7 +105,10 @@ def build_request(args: argparse.Namespace):
     for arg in args.check:
         request.checks.append(_parse_check(arg, pb))
     if args.schema:
-        schema = json.loads(Path(args.schema).read_text(encoding="utf-8"))
+        try:
+            schema = json.loads(Path(args.schema).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise SystemExit(f"--schema {args.schema} is not valid JSON ({exc})") from None
         spec = pb.CheckSpec(name="json_schema")
         spec.params.update({"schema": schema})
         request.checks.append(spec)
@@ -131,6 +135,17 @@ def print_verdict(v, out=None) -> None:
         print("\nfeedback:\n" + v.feedback, file=out)
 
 
+def _whole_numbers(value):
+    """Struct numbers arrive as floats: show 10, not 10.0."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _whole_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers(v) for v in value]
+    return value
+
+
 def _print_catalogue(resp) -> None:
     print(f"prompt-injection detector: {resp.injection_detector}\n\npolicies:")
     for p in resp.policies:
@@ -138,7 +153,7 @@ def _print_catalogue(resp) -> None:
         print(f"  {p.name:<16} [{p.origin}] {p.description}\n  {'':<16} checks: {checks}")
     print("\nchecks:")
     for c in resp.checks:
-        params = json.dumps(json_format.MessageToDict(c.default_params))
+        params = json.dumps(_whole_numbers(json_format.MessageToDict(c.default_params)))
         print(f"  {c.name:<18} ({'/'.join(c.artifact_kinds)}) {c.description}\n  {'':<18} params: {params}")
 
 
