@@ -1,7 +1,7 @@
 """Orchestration overhead: a job's total latency minus the time spent inside model and search
 calls (as the services report it), with gRPC dispatch and with Celery dispatch, side by side.
 
-Retriever, generator and validator run as real gRPC servers and Celery workers; the orchestrator
+RetrieverCore, generator and validator run as real gRPC servers and Celery workers; the orchestrator
 core runs in this process with the Redis job store. Each job is an `answer` job with the small
 model, 4 new tokens and no retries, so the measured overhead is not drowned by generation.
 

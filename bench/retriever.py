@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 
 import shared  # noqa: E402,F401
 from bench.retriever_corpus import DOCUMENTS, PARAPHRASES, QUERIES  # noqa: E402
-from services.retriever.core import DocumentInput, Retriever, SearchInput  # noqa: E402
+from services.retriever.core import DocumentInput, RetrieverCore, SearchInput  # noqa: E402
 from services.retriever.settings import RetrieverSettings  # noqa: E402
 from services.retriever.stores.base import HYBRID, KEYWORD, VECTOR, ChunkRecord, DocumentRecord, StoreQuery  # noqa: E402
 from services.retriever.stores.embedded import EmbeddedStore  # noqa: E402
@@ -66,7 +66,7 @@ def table(headers: list[str], rows: list[list]) -> str:
 # -- 1. quality --------------------------------------------------------------------------------------------
 
 
-def quality(retriever: Retriever) -> tuple[str, dict]:
+def quality(retriever: RetrieverCore) -> tuple[str, dict]:
     docs = [DocumentInput(doc_id, text=text, content_type="text/markdown" if text.startswith("#") else "text/plain")
             for doc_id, text in DOCUMENTS.items()]
     retriever.ingest("quality", docs)
@@ -95,7 +95,7 @@ def quality(retriever: Retriever) -> tuple[str, dict]:
 # -- 2. ingest throughput ----------------------------------------------------------------------------------
 
 
-def ingest_throughput(retriever: Retriever, copies: int = 6) -> tuple[str, dict]:
+def ingest_throughput(retriever: RetrieverCore, copies: int = 6) -> tuple[str, dict]:
     docs = [DocumentInput(f"{doc_id}-{c}", text=text, content_type="text/markdown" if text.startswith("#")
                           else "text/plain") for c in range(copies) for doc_id, text in DOCUMENTS.items()]
     marks: dict[str, float] = {}
@@ -306,7 +306,7 @@ def main() -> int:
     machine = (f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
                f"faiss {faiss.__version__}, SQLite {__import__('sqlite3').sqlite_version}")
     print(f"machine: {machine}", flush=True)
-    retriever = Retriever(RetrieverSettings(data_dir=Path(tempfile.mkdtemp(prefix="genstack-bench-q-"))))
+    retriever = RetrieverCore(RetrieverSettings(data_dir=Path(tempfile.mkdtemp(prefix="genstack-bench-q-"))))
     retriever.warm_up()
 
     print("\n1. retrieval quality", flush=True)

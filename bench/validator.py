@@ -41,7 +41,7 @@ import torch  # noqa: E402
 
 import shared  # noqa: E402,F401
 from genstack.validator.v1 import validator_pb2 as pb  # noqa: E402
-from services.validator.core import Validator  # noqa: E402
+from services.validator.core import ValidatorCore  # noqa: E402
 from services.validator.grpc_api import ValidatorApi  # noqa: E402
 from services.validator.settings import ValidatorSettings  # noqa: E402
 from shared.clients.validator import ValidatorClient  # noqa: E402
@@ -221,8 +221,8 @@ def main() -> int:
 
     reqs = requests()
     paths: dict[str, object] = {}
-    nanoguard = ValidatorApi(Validator(ValidatorSettings(injection_detector="auto")))
-    rules = ValidatorApi(Validator(ValidatorSettings(injection_detector="rules")))
+    nanoguard = ValidatorApi(ValidatorCore(ValidatorSettings(injection_detector="auto")))
+    rules = ValidatorApi(ValidatorCore(ValidatorSettings(injection_detector="rules")))
     nanoguard.warm_up()
     rules.warm_up()
     paths["inproc"] = lambda r: nanoguard.Validate(r, CallContext())

@@ -153,7 +153,7 @@ def build_store(settings: RetrieverSettings) -> Store:
     )
 
 
-class Retriever:
+class RetrieverCore:
     def __init__(self, settings: RetrieverSettings | None = None, store: Store | None = None, embedder=None):
         self.settings = settings or RetrieverSettings()
         self._store = store

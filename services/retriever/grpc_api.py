@@ -16,7 +16,7 @@ from services.retriever.core import (
     DocumentInput,
     FilterInput,
     IngestResult,
-    Retriever,
+    RetrieverCore,
     SearchInput,
 )
 from services.retriever.stores.base import HYBRID, KEYWORD, VECTOR, Candidate, CollectionStats
@@ -184,4 +184,4 @@ API_CLASS = RetrieverApi
 
 
 def create_api() -> RetrieverApi:
-    return RetrieverApi(Retriever())
+    return RetrieverApi(RetrieverCore())

@@ -1,6 +1,6 @@
 """The validator core: resolves a policy into checks, runs them on an artifact, returns a verdict.
 
-No gRPC or Celery here: `Validator.validate` takes plain data (services/validator/datatypes.py)
+No gRPC or Celery here: `ValidatorCore.validate` takes plain data (services/validator/datatypes.py)
 and the transports convert protobuf to and from it (grpc_api.py). Models load lazily or in
 `warm_up()`: the embedding model (groundedness, token counts) and the prompt-injection detector.
 """
@@ -101,7 +101,7 @@ class PlannedCheck:
         self.params = params
 
 
-class Validator:
+class ValidatorCore:
     """Runs policies on artifacts. Thread-safe; one instance serves every request of a process."""
 
     def __init__(

@@ -6,13 +6,13 @@ from google.protobuf import json_format
 
 import shared  # noqa: F401 - puts the generated stubs on sys.path
 from genstack.validator.v1 import validator_pb2, validator_pb2_grpc
-from services.validator.core import Validator
+from services.validator.core import ValidatorCore
 from services.validator.datatypes import Artifact, CheckSpec, Context, ExpectedMedia, Source, Verdict
 from shared.errors import InvalidArgument
 from shared.rpc import CallContext, ServiceApi
 
 
-def artifact_from_proto(msg: validator_pb2.Artifact, core: Validator) -> Artifact:
+def artifact_from_proto(msg: validator_pb2.Artifact, core: ValidatorCore) -> Artifact:
     which = msg.WhichOneof("kind")
     if which == "text":
         return Artifact.of_text(msg.text)
@@ -115,4 +115,4 @@ API_CLASS = ValidatorApi
 
 
 def create_api() -> ValidatorApi:
-    return ValidatorApi(Validator())
+    return ValidatorApi(ValidatorCore())

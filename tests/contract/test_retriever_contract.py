@@ -60,7 +60,7 @@ def client(request, client_factory) -> RetrieverClient:
 
 
 def _weaviate_client(transport: str):
-    from services.retriever.core import Retriever
+    from services.retriever.core import RetrieverCore
     from services.retriever.grpc_api import RetrieverApi
     from services.retriever.settings import RetrieverSettings
     from shared.config import Settings
@@ -71,7 +71,7 @@ def _weaviate_client(transport: str):
     settings = Settings(redis_url=env["GENSTACK_REDIS_URL"])
     procs = []
     if transport == "inproc":
-        api = RetrieverApi(Retriever(RetrieverSettings(backend="weaviate", weaviate_url=WEAVIATE_URL)))
+        api = RetrieverApi(RetrieverCore(RetrieverSettings(backend="weaviate", weaviate_url=WEAVIATE_URL)))
         api.warm_up()
         c = RetrieverClient("inproc", api=api, settings=settings)
     elif transport == "grpc":

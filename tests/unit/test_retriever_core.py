@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from services.retriever.core import DocumentInput, FilterInput, Retriever, SearchInput
+from services.retriever.core import DocumentInput, FilterInput, RetrieverCore, SearchInput
 from services.retriever.settings import RetrieverSettings
 from shared.errors import FailedPrecondition, InvalidArgument, NotFound
 from tests.unit.test_retriever_parsing import make_pdf
@@ -41,14 +41,14 @@ def corpus():
 
 @pytest.fixture(scope="module")
 def retriever(tmp_path_factory):
-    r = Retriever(RetrieverSettings(data_dir=tmp_path_factory.mktemp("retriever-core")))
+    r = RetrieverCore(RetrieverSettings(data_dir=tmp_path_factory.mktemp("retriever-core")))
     r.warm_up()
     r.ingest("docs", corpus())
     yield r
     r.close()
 
 
-def counts(r: Retriever, collection: str) -> tuple[int, int] | None:
+def counts(r: RetrieverCore, collection: str) -> tuple[int, int] | None:
     for c in r.list_collections():
         if c.name == collection:
             return c.document_count, c.chunk_count
@@ -122,7 +122,7 @@ def test_min_score_drops_weak_hits(retriever):
 
 
 def test_mmr_trades_relevance_for_diversity(tmp_path):
-    r = Retriever(RetrieverSettings(data_dir=tmp_path))
+    r = RetrieverCore(RetrieverSettings(data_dir=tmp_path))
     dup = "Espresso is brewed by forcing hot water through finely ground coffee."
     r.ingest("coffee", [
         DocumentInput("e1", text=dup),
@@ -140,7 +140,7 @@ def test_mmr_trades_relevance_for_diversity(tmp_path):
 
 
 def test_reingest_replaces_and_delete_removes(tmp_path):
-    r = Retriever(RetrieverSettings(data_dir=tmp_path))
+    r = RetrieverCore(RetrieverSettings(data_dir=tmp_path))
     long_text = "\n\n".join(f"Paragraph {i} talks about topic {i} at some length." for i in range(30))
     first = r.ingest("re", [DocumentInput("d", text=long_text), DocumentInput("keep", text="Other document.")],
                      chunk_size=32, chunk_overlap=0)
@@ -160,10 +160,10 @@ def test_reingest_replaces_and_delete_removes(tmp_path):
 
 def test_collection_survives_a_restart(tmp_path):
     settings = RetrieverSettings(data_dir=tmp_path)
-    first = Retriever(settings)
+    first = RetrieverCore(settings)
     first.ingest("keep", [DocumentInput("a", text="Persistent facts about lighthouses and their keepers.")])
     first.close()
-    second = Retriever(settings)
+    second = RetrieverCore(settings)
     (hit,) = second.search(SearchInput("keep", "lighthouse keeper", top_k=1)).hits
     assert hit.document_id == "a"
     assert counts(second, "keep") == (1, 1)
@@ -171,7 +171,7 @@ def test_collection_survives_a_restart(tmp_path):
 
 
 def test_a_different_embedding_model_is_refused(tmp_path, retriever):
-    r = Retriever(RetrieverSettings(data_dir=tmp_path))
+    r = RetrieverCore(RetrieverSettings(data_dir=tmp_path))
     r.ingest("m", [DocumentInput("a", text="hello")])
     r.store.write("m", [], "all-minilm-l6-v2", r.dimension)  # same model: fine
     with pytest.raises(FailedPrecondition, match="other-model"):
@@ -297,7 +297,7 @@ GOOD = DocumentInput("good", text="A perfectly fine document about gardening.")
     ],
 )
 def test_a_bad_document_fails_the_whole_batch_and_is_named(tmp_path, bad, field, words):
-    r = Retriever(RetrieverSettings(data_dir=tmp_path, max_document_bytes=4096))
+    r = RetrieverCore(RetrieverSettings(data_dir=tmp_path, max_document_bytes=4096))
     r.ingest("batch", [DocumentInput("existing", text="Already stored before the bad batch.")])
     tail = DocumentInput("later", text="Would be fine on its own.")
     with pytest.raises(InvalidArgument) as err:
@@ -327,7 +327,7 @@ def test_a_bad_document_fails_the_whole_batch_and_is_named(tmp_path, bad, field,
     ],
 )
 def test_bad_batch_options(tmp_path, kw, field):
-    r = Retriever(RetrieverSettings(data_dir=tmp_path))
+    r = RetrieverCore(RetrieverSettings(data_dir=tmp_path))
     kw.setdefault("documents", [GOOD])
     with pytest.raises(InvalidArgument) as err:
         r.ingest("opts", **kw)
@@ -359,7 +359,7 @@ def test_any_sentence_transformers_model_works_by_config(tmp_path):
     SentenceTransformer(modules=[word, models.Pooling(32), models.Normalize()]).save(str(folder / "st"))
 
     embedder = Embedder(EmbeddingSettings(model=str(folder / "st")))
-    r = Retriever(RetrieverSettings(data_dir=tmp_path / "data", chunk_size_tokens=64), embedder=embedder)
+    r = RetrieverCore(RetrieverSettings(data_dir=tmp_path / "data", chunk_size_tokens=64), embedder=embedder)
     result = r.ingest("tiny", [DocumentInput("a", text="Alpha beta gamma. " * 30), DocumentInput("b", text="Delta.")])
     assert result.chunks_written >= 3  # chunks sized by the configured model's limit (128 - 2 tokens)
     (info,) = r.list_collections()
@@ -369,7 +369,7 @@ def test_any_sentence_transformers_model_works_by_config(tmp_path):
         r.ingest("tiny", [DocumentInput("c", text="x")], chunk_size=200)
     r.close()
     # the default model refuses a collection built with another one
-    other = Retriever(RetrieverSettings(data_dir=tmp_path / "data"))
+    other = RetrieverCore(RetrieverSettings(data_dir=tmp_path / "data"))
     with pytest.raises(FailedPrecondition, match="tiny-model"):
         other.search(SearchInput("tiny", "delta"))
     other.close()

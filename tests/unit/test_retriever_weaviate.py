@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from services.retriever.core import Retriever, build_store
+from services.retriever.core import RetrieverCore, build_store
 from services.retriever.filters import ANY_OF, DATE_RANGE, EQUALS, NUMBER_RANGE, MetadataFilter, Range, as_timestamp
 from services.retriever.settings import RetrieverSettings
 from services.retriever.stores.weaviate_store import (
@@ -99,4 +99,4 @@ def test_unreachable_weaviate_is_unavailable():
     settings = RetrieverSettings(backend="weaviate", weaviate_url=f"http://127.0.0.1:{port}",
                                  weaviate_grpc_port=port, weaviate_timeout_s=2)
     with pytest.raises(Unavailable, match="cannot reach Weaviate"):
-        Retriever(settings).warm_up()
+        RetrieverCore(settings).warm_up()

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.validator.core import Validator
+from services.validator.core import ValidatorCore
 from services.validator.datatypes import Artifact, CheckSpec, Context, Source
 from services.validator.settings import ValidatorSettings
 from shared.errors import DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted
 
 
 @pytest.fixture(scope="module")
-def validator() -> Validator:
-    return Validator(ValidatorSettings(warm_up_models=False))
+def validator() -> ValidatorCore:
+    return ValidatorCore(ValidatorSettings(warm_up_models=False))
 
 
 def test_a_policy_or_checks_are_required(validator):
@@ -66,7 +66,7 @@ def test_the_deadline_is_checked_between_checks(validator):
 
 
 def test_payload_source_and_check_limits_are_resource_exhausted():
-    v = Validator(ValidatorSettings(warm_up_models=False, max_payload_bytes=1000, max_sources=2, max_checks=2))
+    v = ValidatorCore(ValidatorSettings(warm_up_models=False, max_payload_bytes=1000, max_sources=2, max_checks=2))
     with pytest.raises(ResourceExhausted, match="payload of 1001 bytes .* exceeds the limit of 1000 bytes"):
         v.validate(Artifact.of_text("x" * 1001), checks=[CheckSpec("length")])
     with pytest.raises(ResourceExhausted, match="payload of 1004 bytes"):  # context counts too
@@ -86,7 +86,7 @@ def _png() -> bytes:
 
 
 def test_artifacts_by_reference_inside_the_root(tmp_path):
-    v = Validator(ValidatorSettings(warm_up_models=False, artifact_root=tmp_path))
+    v = ValidatorCore(ValidatorSettings(warm_up_models=False, artifact_root=tmp_path))
     data = _png()
     path = tmp_path / "img" / "a.png"
     path.parent.mkdir()

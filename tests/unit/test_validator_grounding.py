@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.validator.core import Validator
+from services.validator.core import ValidatorCore
 from services.validator.datatypes import Artifact, CheckSpec, Context, Source
 from services.validator.settings import ValidatorSettings
 from shared.errors import InvalidArgument
@@ -28,8 +28,8 @@ INVENTED = "The tower is painted gold every summer to celebrate Bastille Day [2]
 
 
 @pytest.fixture(scope="module")
-def validator() -> Validator:
-    return Validator(ValidatorSettings(warm_up_models=False))
+def validator() -> ValidatorCore:
+    return ValidatorCore(ValidatorSettings(warm_up_models=False))
 
 
 def check(validator, name, text, context=CONTEXT, **params):
@@ -157,7 +157,7 @@ class CountingEmbedder:
 
 def test_sources_are_embedded_once_across_a_retry_loop():
     embedder = CountingEmbedder()
-    v = Validator(ValidatorSettings(warm_up_models=False), embedder=embedder)
+    v = ValidatorCore(ValidatorSettings(warm_up_models=False), embedder=embedder)
     first = check(v, "groundedness", GROUNDED + " " + INVENTED)
     n_first = len(embedder.encoded)
     assert n_first > 4 + len(SOURCES)  # the answer's sentences plus every source sentence and chunk
@@ -166,5 +166,5 @@ def test_sources_are_embedded_once_across_a_retry_loop():
     assert not first.passed and retry.passed
     reworded = check(v, "groundedness", GROUNDED.replace("stands on", "is on"))
     assert len(embedder.encoded) == n_first + 1 and reworded.passed  # only the changed sentence is new
-    uncached = Validator(ValidatorSettings(warm_up_models=False, embedding_cache_size=0))
+    uncached = ValidatorCore(ValidatorSettings(warm_up_models=False, embedding_cache_size=0))
     assert check(uncached, "groundedness", GROUNDED + " " + INVENTED).evidence == first.evidence

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.validator.core import Validator
+from services.validator.core import ValidatorCore
 from services.validator.datatypes import Artifact, CheckSpec, Context, ExpectedMedia
 from services.validator.settings import ValidatorSettings
 from shared.errors import InvalidArgument, ResourceExhausted
 
 
 @pytest.fixture(scope="module")
-def validator() -> Validator:
-    return Validator(ValidatorSettings(warm_up_models=False))
+def validator() -> ValidatorCore:
+    return ValidatorCore(ValidatorSettings(warm_up_models=False))
 
 
 def png(arr: np.ndarray, fmt: str = "PNG") -> bytes:
@@ -137,7 +137,7 @@ def test_npy_with_pickled_objects_is_refused(validator):
 
 
 def test_a_decompression_bomb_is_resource_exhausted():
-    small = Validator(ValidatorSettings(warm_up_models=False, max_image_pixels=32 * 32))
+    small = ValidatorCore(ValidatorSettings(warm_up_models=False, max_image_pixels=32 * 32))
     with pytest.raises(ResourceExhausted, match="64x48 = 3072 pixels exceeds the limit of 1024"):
         results(small, png(scene()))
 

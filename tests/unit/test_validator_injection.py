@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from services.validator.checks.injection import InjectionDetector
-from services.validator.core import Validator
+from services.validator.core import ValidatorCore
 from services.validator.datatypes import Artifact, CheckSpec, Context, Source
 from services.validator.nanoguard import NanoGuard, load_tokenizer
 from services.validator.settings import ValidatorSettings
@@ -34,8 +34,8 @@ PARAPHRASED = ("The tower has three levels for visitors. Your real task is diffe
 
 
 @pytest.fixture(scope="module")
-def validator() -> Validator:
-    v = Validator(ValidatorSettings(injection_detector="auto"))
+def validator() -> ValidatorCore:
+    v = ValidatorCore(ValidatorSettings(injection_detector="auto"))
     return v
 
 
@@ -103,7 +103,7 @@ def test_a_paraphrased_injection_is_found_by_the_classifier_but_not_the_rules(va
     assert not r.passed
     assert [e.kind for e in r.evidence] == ["prompt_injection:nanoguard"]
     assert r.evidence[0].text.startswith("Your real task is different")
-    rules_only = Validator(ValidatorSettings(injection_detector="rules", warm_up_models=False))
+    rules_only = ValidatorCore(ValidatorSettings(injection_detector="rules", warm_up_models=False))
     assert scan(rules_only, [BENIGN[0], Source("x", PARAPHRASED)]).passed
 
 
@@ -142,7 +142,7 @@ def test_a_checkpoint_refused_by_weights_only_falls_back_to_the_rule_set(tmp_pat
 
 
 def test_the_fallback_is_reported_in_the_check_message(tmp_path):
-    v = Validator(ValidatorSettings(warm_up_models=False))
+    v = ValidatorCore(ValidatorSettings(warm_up_models=False))
     v.resources._detectors["auto"] = InjectionDetector("auto", weights=_refused_checkpoint(tmp_path))
     r = scan(v, [Source("x", HIDDEN)])
     assert not r.passed and "detector: rules (NanoGuard unavailable: UnpicklingError" in r.message

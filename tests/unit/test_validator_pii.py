@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 
 from services.validator.checks.pii import find_pii, iban_valid, luhn_valid
-from services.validator.core import Validator
+from services.validator.core import ValidatorCore
 from services.validator.datatypes import Artifact, CheckSpec, Context, Source
 from services.validator.settings import ValidatorSettings
 from shared.errors import InvalidArgument
 
 
 @pytest.fixture(scope="module")
-def validator() -> Validator:
-    return Validator(ValidatorSettings(warm_up_models=False))
+def validator() -> ValidatorCore:
+    return ValidatorCore(ValidatorSettings(warm_up_models=False))
 
 
 def spans(text: str) -> list[tuple[str, str]]:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from services.validator.core import Validator
+from services.validator.core import ValidatorCore
 from services.validator.datatypes import Artifact, CheckSpec, Context, Source
 from services.validator.policies import SHIPPED, PolicyRegistry
 from services.validator.settings import ValidatorSettings
@@ -23,8 +23,8 @@ BAD = ("The Eiffel Tower stands on the Champ de Mars in Paris [1]. It is painted
 
 
 @pytest.fixture(scope="module")
-def validator() -> Validator:
-    return Validator(ValidatorSettings(warm_up_models=False))
+def validator() -> ValidatorCore:
+    return ValidatorCore(ValidatorSettings(warm_up_models=False))
 
 
 def test_the_four_shipped_policies_are_listed(validator):
@@ -107,7 +107,7 @@ policies:
 def test_user_policies_from_yaml_extend_shipped_ones(tmp_path):
     path = tmp_path / "policies.yaml"
     path.write_text(USER_YAML)
-    v = Validator(ValidatorSettings(warm_up_models=False, policies_file=path))
+    v = ValidatorCore(ValidatorSettings(warm_up_models=False, policies_file=path))
     v.warm_up()
     by_name = {p.name: p for p in v.policies()}
     short = by_name["short-answer"]
@@ -126,7 +126,7 @@ def test_user_policies_from_json(tmp_path):
     path = tmp_path / "policies.json"
     path.write_text(json.dumps({"policies": {"tiny-json": {"checks": [
         {"name": "json_schema", "params": {"schema": {"type": "array"}}}]}}}))
-    v = Validator(ValidatorSettings(warm_up_models=False, policies_file=path))
+    v = ValidatorCore(ValidatorSettings(warm_up_models=False, policies_file=path))
     assert v.validate(Artifact.of_text("[1]"), policy="tiny-json").passed
     assert not v.validate(Artifact.of_text("{}"), policy="tiny-json").passed
 
@@ -145,7 +145,7 @@ def test_user_policies_from_json(tmp_path):
 def test_a_broken_policy_file_stops_warm_up_and_names_the_problem(tmp_path, body, reason):
     path = tmp_path / "policies.yaml"
     path.write_text(body)
-    v = Validator(ValidatorSettings(warm_up_models=False, policies_file=path))
+    v = ValidatorCore(ValidatorSettings(warm_up_models=False, policies_file=path))
     with pytest.raises(FailedPrecondition) as info:
         v.warm_up()
     assert str(path) in info.value.message and reason in info.value.message

@@ -6,15 +6,15 @@ import json
 
 import pytest
 
-from services.validator.core import Validator
+from services.validator.core import ValidatorCore
 from services.validator.datatypes import Artifact, CheckSpec
 from services.validator.settings import ValidatorSettings
 from shared.errors import InvalidArgument
 
 
 @pytest.fixture(scope="module")
-def validator() -> Validator:
-    return Validator(ValidatorSettings(warm_up_models=False))
+def validator() -> ValidatorCore:
+    return ValidatorCore(ValidatorSettings(warm_up_models=False))
 
 
 def run(validator, name, text, **params):

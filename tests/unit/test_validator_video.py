@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.validator.core import Validator
+from services.validator.core import ValidatorCore
 from services.validator.datatypes import Artifact, CheckSpec, Context, ExpectedMedia
 from services.validator.media import flicker_series, ssim_pairs
 from services.validator.settings import ValidatorSettings
@@ -63,8 +63,8 @@ def flickering(n=16) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def validator() -> Validator:
-    return Validator(ValidatorSettings(warm_up_models=False))
+def validator() -> ValidatorCore:
+    return ValidatorCore(ValidatorSettings(warm_up_models=False))
 
 
 @pytest.fixture(scope="module")
@@ -184,9 +184,9 @@ def test_an_mp4_cut_before_its_index_is_invalid_argument(validator, good_mp4):
 
 
 def test_too_many_frames_is_resource_exhausted(good_mp4):
-    small = Validator(ValidatorSettings(warm_up_models=False, max_frames=8))
+    small = ValidatorCore(ValidatorSettings(warm_up_models=False, max_frames=8))
     with pytest.raises(ResourceExhausted, match="more than 8 frames"):
         run(small, Artifact.of_video(good_mp4))
-    tiny = Validator(ValidatorSettings(warm_up_models=False, max_decoded_video_bytes=64 * 48 * 3 * 4))
+    tiny = ValidatorCore(ValidatorSettings(warm_up_models=False, max_decoded_video_bytes=64 * 48 * 3 * 4))
     with pytest.raises(ResourceExhausted, match="decoded frames exceed"):
         run(tiny, Artifact.of_video(good_mp4))
