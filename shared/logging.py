@@ -52,6 +52,3 @@ def setup_logging(service: str, level: str = "INFO", json_lines: bool = True) ->
     for noisy in ("httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
-
-def get_logger(name: str) -> logging.Logger:
-    return logging.getLogger(name)

@@ -12,7 +12,7 @@ from genstack.image.v1 import image_pb2 as pb
 from genstack.image.v1 import image_pb2_grpc as pb_grpc
 from services.image.core import ImageCore, ImageRequest, ImageResult, Progress
 from shared.errors import Cancelled, InvalidArgument
-from shared.rpc import CallContext, ServiceApi
+from shared.rpc import CallContext, ServiceApi, opt
 
 _SCHEDULER_TO_CORE = {
     pb.SCHEDULER_UNSPECIFIED: None,
@@ -29,7 +29,6 @@ _OUTPUT_TO_CORE = {
 
 
 def to_core(request: pb.GenerateImageRequest, preview_every: int = 0, preview_size: int = 0) -> ImageRequest:
-    opt = lambda name: getattr(request, name) if request.HasField(name) else None  # noqa: E731 - proto3 optional
     if request.scheduler not in _SCHEDULER_TO_CORE:
         raise InvalidArgument(
             f"must be one of {', '.join(pb.Scheduler.keys()[1:])} (got {request.scheduler})", field="scheduler"
@@ -40,12 +39,12 @@ def to_core(request: pb.GenerateImageRequest, preview_every: int = 0, preview_si
     return ImageRequest(
         prompt=request.prompt,
         negative_prompt=request.negative_prompt,
-        steps=opt("steps"),
-        guidance_scale=opt("guidance_scale"),
-        seed=opt("seed"),
-        width=opt("width"),
-        height=opt("height"),
-        num_images=opt("num_images"),
+        steps=opt(request, "steps"),
+        guidance_scale=opt(request, "guidance_scale"),
+        seed=opt(request, "seed"),
+        width=opt(request, "width"),
+        height=opt(request, "height"),
+        num_images=opt(request, "num_images"),
         scheduler=_SCHEDULER_TO_CORE[request.scheduler],
         output=_OUTPUT_TO_CORE[request.output],
         preview_every=preview_every,
@@ -83,9 +82,6 @@ def _progress(p: Progress) -> pb.GenerateImageStreamResponse:
     )
 
 
-def _stopped(ctx: CallContext):
-    return lambda: ctx.cancelled() or ctx.expired()
-
 
 _DONE = object()
 
@@ -98,7 +94,7 @@ class ImageApi(ServiceApi):
 
     def GenerateImage(self, request: pb.GenerateImageRequest, ctx: CallContext) -> pb.GenerateImageResponse:
         try:
-            result = self.core.generate(to_core(request), _stopped(ctx))
+            result = self.core.generate(to_core(request), ctx.stopped)
         except Cancelled:
             ctx.check()  # a passed deadline reads DEADLINE_EXCEEDED, a cancelled call CANCELLED
             raise
@@ -111,7 +107,7 @@ class ImageApi(ServiceApi):
         self.core.resolve(core_request)  # bad input fails before any event is sent
         events: queue.Queue = queue.Queue()
         consumer_gone = threading.Event()
-        stopped = _stopped(ctx)
+        stopped = ctx.stopped
 
         def work():
             try:

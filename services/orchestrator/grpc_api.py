@@ -25,8 +25,7 @@ class OrchestratorApi(ServiceApi):
         return pb.GetJobResponse(job=self.core.get(request.job_id))
 
     def WatchJob(self, request: pb.WatchJobRequest, ctx: CallContext) -> Iterator[pb.WatchJobResponse]:
-        stop = lambda: ctx.cancelled() or ctx.expired()  # noqa: E731
-        for event in self.core.watch(request.job_id, request.after_event_id, stop):
+        for event in self.core.watch(request.job_id, request.after_event_id, ctx.stopped):
             yield pb.WatchJobResponse(event=event)
 
     def CancelJob(self, request: pb.CancelJobRequest, ctx: CallContext) -> pb.CancelJobResponse:
