@@ -13,7 +13,6 @@ The tests in tests/unit/test_deploy_settings.py call the same functions.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import sys
@@ -40,14 +39,6 @@ OTHER_VARIABLES = {
     "TOKENIZERS_PARALLELISM": "tokenizers: no fork warnings in workers",
     "OMP_NUM_THREADS": "OpenMP pool size (matches the CPU limit)",
 }
-
-#: settings the deployment sets for services whose code has not landed yet: accepted only while
-#: services/<service>/settings.py does not exist; from then on they must be real settings.
-PENDING_SETTINGS = {
-    "GENSTACK_IMAGE_DEVICE": "image",
-    "GENSTACK_VIDEO_DEVICE": "video",
-}
-
 
 @dataclass(frozen=True)
 class EnvVar:
@@ -109,14 +100,6 @@ def settings_env_vars(classes: Iterable[type[BaseSettings]] | None = None) -> di
     return out
 
 
-def service_code_exists(service: str) -> bool:
-    """Whether services/<service>/settings.py exists (the service's code has landed)."""
-    try:
-        return importlib.util.find_spec(f"services.{service}.settings") is not None
-    except ModuleNotFoundError:
-        return False
-
-
 _INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}")
 
 
@@ -149,15 +132,6 @@ def check_names(env: Mapping[str, str], where: str, known: Mapping[str, EnvVar] 
     problems = []
     for name in env:
         if name in known or name in OTHER_VARIABLES:
-            continue
-        if name in PENDING_SETTINGS:
-            service = PENDING_SETTINGS[name]
-            if not service_code_exists(service):
-                continue
-            problems.append(
-                f"{where}: {name} is set, but services/{service}/settings.py exists now and reads no such variable; "
-                f"use one of: {', '.join(sorted(n for n in known if n.startswith(f'{PREFIX}{service.upper()}_')))}"
-            )
             continue
         problems.append(f"{where}: {name} is not read by any settings class (typo?)")
     return problems

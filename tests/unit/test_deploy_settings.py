@@ -139,20 +139,3 @@ def test_check_required_catches_an_unset_setting_without_default():
     assert problems == [
         "compose: GENSTACK_DEPLOYTEST_API_KEY (NeedsKey.api_key) has no default and is not set"
     ]
-
-
-def test_pending_settings_must_become_real_once_the_service_lands(monkeypatch, known):
-    # generator's settings exist: a "pending" generator variable is no longer excused
-    monkeypatch.setitem(consistency.PENDING_SETTINGS, "GENSTACK_GENERATOR_DEVIC", "generator")
-    problems = consistency.check_names({"GENSTACK_GENERATOR_DEVIC": "cuda"}, "k8s", known)
-    assert len(problems) == 1 and "GENSTACK_GENERATOR_DEVICE" in problems[0]
-    # a pending variable of a service whose code has not landed yet is accepted
-    monkeypatch.setitem(consistency.PENDING_SETTINGS, "GENSTACK_NOSUCHSERVICE_URL", "nosuchservice")
-    assert consistency.check_names({"GENSTACK_NOSUCHSERVICE_URL": "x"}, "k8s", known) == []
-
-
-def test_pending_settings_are_only_for_services_without_settings(known):
-    for name, service in consistency.PENDING_SETTINGS.items():
-        assert service in SERVICES and name.startswith(f"GENSTACK_{service.upper()}_")
-        if consistency.service_code_exists(service):
-            assert name in known, f"{name}: services/{service}/settings.py has landed; use its real setting name"
