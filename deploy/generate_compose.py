@@ -12,10 +12,10 @@ blocks stay YAML anchors a person can read.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from deploy import generated
 from shared.services import ServiceSpec, dependencies, implemented_specs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -224,22 +224,11 @@ def render(specs: list[ServiceSpec] | None = None) -> dict[Path, str]:
 
 
 def stale_files() -> list[Path]:
-    return [path for path, text in render().items() if not path.exists() or path.read_text() != text]
+    return generated.stale_files(render())
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--check", action="store_true", help="only report files that are out of date")
-    args = parser.parse_args(argv)
-    if args.check:
-        stale = stale_files()
-        for path in stale:
-            print(f"out of date: {path.relative_to(REPO)} (run `python -m deploy.generate_compose`)")
-        return 1 if stale else 0
-    for path, text in render().items():
-        path.write_text(text)
-        print(f"wrote {path.relative_to(REPO)}")
-    return 0
+    return generated.main(argv, __doc__.split("\n\n")[0], "deploy.generate_compose", render)
 
 
 if __name__ == "__main__":

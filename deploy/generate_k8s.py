@@ -15,13 +15,13 @@ overlay (a kustomize patch), not in the generated files.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from deploy import generated
 from shared.services import ServiceSpec, implemented_specs
 
 ROOT = Path(__file__).resolve().parent / "k8s"
@@ -399,32 +399,18 @@ def render(specs: list[ServiceSpec] | None = None) -> dict[Path, str]:
     return files
 
 
+def _orphans(files: dict[Path, str]) -> list[Path]:
+    return [p for p in (ROOT / "base" / "services").glob("*.yaml") if p not in files]
+
+
 def stale_files() -> list[Path]:
     """Generated files whose content differs from what the generator writes now."""
     files = render()
-    orphans = [p for p in (ROOT / "base" / "services").glob("*.yaml") if p not in files]
-    return [path for path, text in files.items() if not path.exists() or path.read_text() != text] + orphans
+    return generated.stale_files(files, _orphans(files))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--check", action="store_true", help="only report files that are out of date")
-    args = parser.parse_args(argv)
-    if args.check:
-        stale = stale_files()
-        for path in stale:
-            print(f"out of date: {path}")
-        return 1 if stale else 0
-    files = render()
-    for path, text in files.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        print(f"wrote {path}")
-    for path in (ROOT / "base" / "services").glob("*.yaml"):
-        if path not in files:  # a service that left the catalogue (or is not implemented)
-            path.unlink()
-            print(f"removed {path}")
-    return 0
+    return generated.main(argv, __doc__.split("\n\n")[0], "deploy.generate_k8s", render, _orphans)
 
 
 if __name__ == "__main__":
