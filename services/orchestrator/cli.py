@@ -394,17 +394,19 @@ def jobs_cancel(args) -> int:
 
 
 def up(args) -> int:
-    from shared.cli import CliError, runnable_services
+    import os
 
-    names = args.services or runnable_services()
-    unknown = sorted(set(names) - set(runnable_services()))
-    if unknown:
-        raise CliError(f"no such service: {', '.join(unknown)} (not implemented in this checkout); choose from "
-                       f"{', '.join(runnable_services())}", code=2)
+    from services.orchestrator.stack import plan, run_stack
+    from shared.runtime import default_threads
+
+    planned = plan(args.services)  # InvalidArgument (exit 2) for an unknown or unimplemented service
+    # every process gets its share of the cores: on a small machine, one torch thread each
+    model_processes = sum(1 for label, _ in planned if not label.startswith("orchestrator"))
+    threads = os.environ.setdefault("GENSTACK_TORCH_THREADS", str(default_threads(max(1, model_processes))))
     if args.dry_run:
-        for name in names:
-            print(f"would start: genstack serve {name} · genstack worker {name}")
+        for label, argv in planned:
+            command = ["genstack", *argv[3:]] if argv[1:3] == ["-m", "shared.cli"] else argv
+            print(f"would start {label}: {' '.join(command)}")
+        print(f"(GENSTACK_TORCH_THREADS={threads} for each process)")
         return 0
-    from services.orchestrator.stack import run_stack
-
-    return run_stack(names)
+    return run_stack(args.services)
