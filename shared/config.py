@@ -41,8 +41,8 @@ class Settings(BaseSettings):
     grpc_grace_s: float = Field(30.0, description="Drain time for in-flight calls on SIGTERM")
     default_deadline_s: float = Field(300.0, description="Deadline a client applies when none is given")
     torch_threads: int = Field(
-        0, description="torch intra-op threads per process (0: torch's default = all cores; use 1 when several "
-        "model processes share a small machine)"
+        0, description="torch intra-op threads per process (0: auto, the cores this process may use shared by the "
+        "model processes, one on a 2-core machine; genstack up sets it for each process it starts)"
     )
     stream_ttl_s: int = Field(3600, description="Lifetime of Celery stream/cancel keys in Redis")
 
