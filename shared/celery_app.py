@@ -25,6 +25,7 @@ from celery import Celery, Task
 from celery.signals import setup_logging as celery_setup_logging
 from google.protobuf import json_format
 
+from shared.auth import authenticate_task, identity_var
 from shared.config import Settings, get_settings
 from shared.errors import GenstackError, InvalidArgument
 from shared.logging import task_id_var
@@ -44,7 +45,7 @@ def _keep_our_logging(**_kwargs):
 
 def make_celery(settings: Settings | None = None, name: str = "genstack") -> Celery:
     settings = settings or get_settings()
-    app = Celery(name, broker=settings.celery_broker, backend=settings.celery_backend)
+    app = Celery(name, broker=settings.celery_broker, backend=settings.celery_backend, task_cls=AuthenticatedTask)
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -63,6 +64,20 @@ def make_celery(settings: Settings | None = None, name: str = "genstack") -> Cel
         task_default_queue="default",
     )
     return app
+
+
+class AuthenticatedTask(Task):
+    """Every genstack task checks its sender's token (when the worker has a tokens file) before it
+    runs, and runs as that identity; a refused task fails with UNAUTHENTICATED or PERMISSION_DENIED,
+    which its sender sees, instead of staying PENDING."""
+
+    def __call__(self, *args, **kwargs):
+        identity = authenticate_task(self.name, kwargs.pop("auth_token", None), kwargs.pop("on_behalf_of", None))
+        reset = identity_var.set(identity)
+        try:
+            return super().__call__(*args, **kwargs)
+        finally:
+            identity_var.reset(reset)
 
 
 class TaskCallContext(CallContext):

@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
+from shared.auth import acting_for_var, call_metadata, channel_credentials, get_tls_settings, task_auth_kwargs
 from shared.config import Settings, Transport, get_client_settings, get_settings
 from shared.errors import Cancelled, DeadlineExceeded, GenstackError, Internal, Unavailable, from_name, from_status
 from shared.rpc import CallContext, Method, ServiceApi, methods_of
@@ -91,12 +92,16 @@ class ServiceClient:
         if self.transport == "grpc":
             addr = address or get_client_settings().address(self.service)
             limit = self.settings.grpc_max_message_bytes
-            self._channel = grpc.insecure_channel(
-                addr,
-                # Not SingleThreadedUnaryStream: it saves a thread per stream, but a stream nobody
-                # is reading can then lose its tail when the server shuts down right after it.
-                options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
-            )
+            # Not SingleThreadedUnaryStream: it saves a thread per stream, but a stream nobody
+            # is reading can then lose its tail when the server shuts down right after it.
+            options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+            credentials = channel_credentials()
+            if credentials is None:
+                self._channel = grpc.insecure_channel(addr, options=options)
+            else:
+                if get_tls_settings().server_name:
+                    options.append(("grpc.ssl_target_name_override", get_tls_settings().server_name))
+                self._channel = grpc.secure_channel(addr, credentials, options=options)
             self._rpcs: dict[str, Any] = {}
         elif self.transport == "celery":
             import redis
@@ -126,7 +131,7 @@ class ServiceClient:
         if self.transport == "grpc":
             rpc = self._rpc(m, self._channel.unary_unary)
             try:
-                return rpc(request, timeout=timeout)
+                return rpc(request, timeout=timeout, metadata=call_metadata(acting_for_var.get()))
             except grpc.RpcError as exc:
                 raise _from_rpc_error(exc) from None
         if self.transport == "celery":
@@ -145,7 +150,8 @@ class ServiceClient:
         m = self.methods[method]
         timeout = self.settings.default_deadline_s if timeout is None else timeout
         if self.transport == "grpc":
-            call = self._rpc(m, self._channel.unary_stream)(request, timeout=timeout)
+            call = self._rpc(m, self._channel.unary_stream)(request, timeout=timeout,
+                                                            metadata=call_metadata(acting_for_var.get()))
 
             def grpc_iter():
                 try:
@@ -192,7 +198,7 @@ class ServiceClient:
         return self._celery.send_task(
             m.task_name,
             args=[payload],
-            kwargs={"deadline_s": timeout},
+            kwargs=task_auth_kwargs({"deadline_s": timeout}),
             queue=get_spec(self.service).queue,
             expires=timeout,
         )

@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     grpc_max_message_bytes: int = Field(16 * 1024 * 1024, description="Max gRPC message size")
     grpc_workers: int = Field(16, description="Threads serving gRPC calls per server")
     grpc_grace_s: float = Field(30.0, description="Drain time for in-flight calls on SIGTERM")
+    grpc_reflection: bool = Field(True, description="Serve gRPC reflection (lists the API; with authentication on, "
+                                  "only to callers with a valid token)")
     default_deadline_s: float = Field(300.0, description="Deadline a client applies when none is given")
     torch_threads: int = Field(
         0, description="torch intra-op threads per process (0: auto, the cores this process may use shared by the "
@@ -111,7 +113,7 @@ def all_settings_classes() -> list[type[BaseSettings]]:
 
     from shared.services import SERVICES
 
-    for module in ("shared.embeddings", "shared.artifacts"):  # shared modules with settings of their own
+    for module in ("shared.embeddings", "shared.artifacts", "shared.auth"):  # shared modules with settings
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -73,6 +73,18 @@ class Internal(GenstackError):
     code = grpc.StatusCode.INTERNAL
 
 
+class Unauthenticated(GenstackError):
+    """No credentials, or credentials the server does not accept."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(GenstackError):
+    """Valid credentials without the scope the call needs."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 _BY_CODE: dict[grpc.StatusCode, type[GenstackError]] = {
     cls.code: cls
     for cls in (
@@ -85,6 +97,8 @@ _BY_CODE: dict[grpc.StatusCode, type[GenstackError]] = {
         ResourceExhausted,
         Cancelled,
         Internal,
+        Unauthenticated,
+        PermissionDenied,
     )
 }
 _BY_NAME: dict[str, type[GenstackError]] = {cls.__name__: cls for cls in _BY_CODE.values()}

@@ -13,6 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from shared.auth import identity_var, server_credentials, server_interceptors
 from shared.config import Settings, get_settings
 from shared.errors import GenstackError
 from shared.logging import request_id_var
@@ -73,7 +74,8 @@ class ErrorInterceptor(grpc.ServerInterceptor):
 def grpc_call_context(context: grpc.ServicerContext) -> CallContext:
     remaining = context.time_remaining()
     md = dict(context.invocation_metadata() or ())
-    ctx = CallContext.with_timeout(remaining, request_id=md.get("x-request-id"), is_active=context.is_active)
+    ctx = CallContext.with_timeout(remaining, request_id=md.get("x-request-id"), is_active=context.is_active,
+                                   identity=identity_var.get())
     request_id_var.set(ctx.request_id)
     return ctx
 
@@ -105,7 +107,8 @@ class Server:
         limit = self.settings.grpc_max_message_bytes
         self.grpc_server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=self.settings.grpc_workers),
-            interceptors=[ErrorInterceptor()],
+            # authentication (when configured) before the handler: an unauthenticated call reaches nothing
+            interceptors=[*server_interceptors(), ErrorInterceptor()],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
@@ -116,10 +119,15 @@ class Server:
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         self.service_name = api.descriptor.full_name
-        reflection.enable_server_reflection(
-            (self.service_name, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc_server
-        )
-        self.port = self.grpc_server.add_insecure_port(f"{host or self.settings.grpc_bind_host}:{port}")
+        if self.settings.grpc_reflection:
+            reflection.enable_server_reflection(
+                (self.service_name, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc_server
+            )
+        bind = f"{host or self.settings.grpc_bind_host}:{port}"
+        credentials = server_credentials()
+        self.tls = credentials is not None
+        self.port = (self.grpc_server.add_secure_port(bind, credentials) if credentials is not None
+                     else self.grpc_server.add_insecure_port(bind))
         self.ready = threading.Event()
         self.warm_up_error: BaseException | None = None
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)

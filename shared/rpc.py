@@ -19,6 +19,7 @@ from typing import Any
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message_factory
 
+from shared.auth import Identity, identity_var
 from shared.errors import Cancelled, DeadlineExceeded
 
 
@@ -31,9 +32,12 @@ class CallContext:
         deadline: float | None = None,
         request_id: str | None = None,
         is_active: Callable[[], bool] | None = None,
+        identity: Identity | None = None,
     ):
         #: absolute time.monotonic() by which the call must finish, or None
         self.deadline = deadline
+        #: who is calling (shared.auth); anonymous, with every right, when authentication is off
+        self.identity = identity if identity is not None else identity_var.get()
         self.request_id = request_id or uuid.uuid4().hex[:16]
         self._cancel = threading.Event()
         self._is_active = is_active

@@ -9,6 +9,7 @@ from google.protobuf import json_format
 
 import shared  # noqa: F401 - puts the generated stubs on sys.path
 from genstack.retriever.v1 import retriever_pb2 as pb
+from shared.auth import task_auth_kwargs
 from shared.client import ServiceClient, from_celery_error
 from shared.errors import DeadlineExceeded, GenstackError
 from shared.services import get_spec
@@ -65,7 +66,7 @@ class RetrieverClient(ServiceClient):
         result = self._celery.send_task(
             INGEST_TASK,
             args=[json_format.MessageToDict(request)],
-            kwargs={"deadline_s": timeout},
+            kwargs=task_auth_kwargs({"deadline_s": timeout}),
             queue=get_spec(self.service).queue,
             expires=timeout,
         )
