@@ -390,3 +390,54 @@ def test_lite_json_patch_follows_rfc_6902():
         kustomize_lite.apply_json_patch(doc, [{"op": "replace", "path": "/nope", "value": 1}])
     with pytest.raises(KeyError):
         kustomize_lite.apply_json_patch(doc, [{"op": "remove", "path": "/nope"}])
+
+
+# --- security -------------------------------------------------------------------------------
+
+def _ingress_peers(policy: dict) -> set[str]:
+    return {p.get("podSelector", {}).get("matchLabels", {}).get("genstack.dev/service", "")
+            for rule in policy["spec"].get("ingress", []) for p in rule.get("from", [])}
+
+
+def test_network_policies_let_each_service_accept_only_its_callers(rendered):
+    for target in ("base", "overlays/cpu", "overlays/gpu"):
+        policies = _by_kind(rendered[target], "NetworkPolicy")
+        deny = policies["default-deny-ingress"]["spec"]
+        assert deny["podSelector"] == {} and deny["policyTypes"] == ["Ingress"] and not deny.get("ingress")
+        orchestrator = policies["orchestrator-ingress"]["spec"]["ingress"]
+        assert orchestrator == [{"ports": [{"port": "grpc", "protocol": "TCP"}]}], "clients reach the orchestrator"
+        for name in IMPLEMENTED:
+            if name == "orchestrator":
+                continue
+            callers = {s for s in IMPLEMENTED if name in SERVICES[s].calls}
+            assert _ingress_peers(policies[f"{name}-ingress"]) == callers, f"{target}: {name}"
+            assert "orchestrator" in callers, f"{name} must be reachable by the orchestrator"
+        redis = policies["redis-ingress"]["spec"]["ingress"][0]
+        assert {"key": "genstack.dev/service", "operator": "Exists"} in redis["from"][0]["podSelector"][
+            "matchExpressions"]
+    weaviate = _by_kind(rendered["overlays/cpu"], "NetworkPolicy")["weaviate-ingress"]
+    assert _ingress_peers(weaviate) == {"retriever"}
+
+
+def test_pods_require_tokens_and_reach_redis_with_its_password(rendered):
+    docs = rendered["overlays/cpu"]
+    for d in _by_kind(docs, "Deployment").values():
+        pod = d["spec"]["template"]["spec"]
+        env = {e["name"]: e for e in pod["containers"][0]["env"]}
+        assert env["GENSTACK_AUTH_TOKENS_FILE"]["value"].startswith("/etc/genstack/auth/"), d["metadata"]["name"]
+        assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "genstack-redis"
+        assert env["GENSTACK_REDIS_URL"]["value"] == "redis://:$(REDIS_PASSWORD)@redis:6379/0"
+        assert list(env).index("REDIS_PASSWORD") < list(env).index("GENSTACK_REDIS_URL"), "$(VAR) needs it first"
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["auth"]["secret"]["secretName"] == "genstack-auth"
+        if d["metadata"]["labels"]["genstack.dev/service"] == "retriever":
+            key = env["GENSTACK_RETRIEVER_WEAVIATE_API_KEY"]["valueFrom"]["secretKeyRef"]
+            assert key["name"] == "genstack-weaviate"
+    redis = _by_kind(docs, "StatefulSet")["redis"]["spec"]["template"]["spec"]["containers"][0]
+    assert redis["args"][redis["args"].index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+    weaviate = _by_kind(docs, "StatefulSet")["weaviate"]["spec"]["template"]["spec"]["containers"][0]
+    wenv = {e["name"]: e for e in weaviate["env"]}
+    assert wenv["AUTHENTICATION_ANONYMOUS_ACCESS_ENABLED"]["value"] == "false"
+    assert wenv["AUTHENTICATION_APIKEY_ALLOWED_KEYS"]["valueFrom"]["secretKeyRef"]["name"] == "genstack-weaviate"
+    for so in _by_kind(docs, "ScaledObject").values():
+        assert so["spec"]["triggers"][0]["metadata"]["passwordFromEnv"] == "REDIS_PASSWORD"
