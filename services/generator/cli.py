@@ -8,6 +8,8 @@ import sys
 
 from google.protobuf import json_format
 
+from services.generator import introspect_cli
+
 
 def register(sub) -> None:
     p = sub.add_parser("generate", help="generate text, streamed token by token")
@@ -23,12 +25,15 @@ def register(sub) -> None:
     p.add_argument("--repetition-penalty", type=float, default=None, help="> 1 discourages repeating tokens")
     p.add_argument("--stop", action="append", default=[], help="stop sequence (repeatable, at most 16)")
     p.add_argument("--seed", type=int, default=None, help="seed; the same seed and settings give the same text")
-    p.add_argument("--logprobs", type=int, default=None, metavar="N", help="return log-probs with N alternatives")
+    p.add_argument("--logprobs", type=int, nargs="?", const=5, default=None, metavar="N",
+                   help="after the text, a table of each token's log-prob and entropy with N alternatives (default 5)")
+    introspect_cli.add_format_arguments(p)
     p.add_argument("--transport", choices=["inproc", "grpc", "celery"], default=None,
                    help="how to reach the generator (default: GENSTACK_TRANSPORT, inproc = embedded)")
     p.add_argument("--timeout", type=float, default=None, help="deadline in seconds")
     p.add_argument("--json", action="store_true", help="print one JSON object per streamed message")
     p.set_defaults(func=run)
+    introspect_cli.register_tokenize(sub)
 
 
 def build_request(args: argparse.Namespace):
@@ -43,6 +48,9 @@ def build_request(args: argparse.Namespace):
     if args.logprobs is not None:
         request.output.logprobs = True
         request.output.top_logprobs = args.logprobs
+    response_format = introspect_cli.response_format(args)
+    if response_format is not None:
+        request.response_format.CopyFrom(response_format)
     if args.raw:
         request.prompt = args.prompt
     else:
@@ -63,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
     with GeneratorClient(args.transport) as client:
         final = None
+        steps = []  # per-token log-probs for the --logprobs table
         for msg in client.generate_stream(build_request(args), timeout=args.timeout):
             if args.json:
                 print(json.dumps(json_format.MessageToDict(msg)), flush=True)
@@ -70,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
                 sys.stdout.write(msg.delta)
                 sys.stdout.flush()
             final = msg
+            steps.extend(msg.logprobs)
         if not args.json and final is not None:
             print(flush=True)  # the answer ends with a newline, also when stderr is redirected
             s = final.stats
@@ -79,4 +89,10 @@ def run(args: argparse.Namespace) -> int:
                 f"first token {s.time_to_first_token_ms:.0f} ms · seed {final.seed} · {reason}]",
                 file=sys.stderr,
             )
+        if not args.json and final is not None:
+            note = introspect_cli.constraint_note(final)
+            if note:
+                print(note, file=sys.stderr)
+            if args.logprobs is not None:
+                print("\n" + introspect_cli.logprob_table(steps, args.logprobs))
     return 0

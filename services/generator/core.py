@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from services.generator import registry
+from services.generator.constrained import ResponseFormat
 from services.generator.engine import Delta, Engine, EngineRequest, Finished, LoadedModel, SamplingConfig
 from services.generator.settings import GeneratorSettings
 from shared.config import Settings, get_settings
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 
 MAX_STOP_SEQUENCES = 16
 MAX_TOP_LOGPROBS = 20
+MAX_TOKENIZE_CHARS = 1_000_000
 CHAT_ROLES = ("system", "user", "assistant")
 
 
@@ -41,6 +43,17 @@ class GenerationRequest:
     seed: int | None = None
     logprobs: bool = False
     top_logprobs: int = 0
+    #: constrains the output (JSON Schema, regex or choices); None = free text
+    response_format: ResponseFormat | None = None
+
+
+@dataclass
+class TokenizeResult:
+    """Tokens of a text: (id, vocabulary string, decoded text, start, end, special) each."""
+
+    text: str
+    tokens: list[tuple[int, str, str, int, int, bool]]
+    model: str
 
 
 @dataclass
@@ -196,20 +209,26 @@ class GeneratorCore:
                 f"between 0 and {MAX_TOP_LOGPROBS}", req.top_logprobs)
         seed = random.randrange(2**31) if req.seed is None else req.seed
         require(0 <= seed < 2**63, "sampling.seed", "between 0 and 2^63-1", seed)
+        if req.response_format is not None:
+            req.response_format.check()
         return SamplingConfig(max_new, temperature, top_p, top_k, penalty, list(req.stop), seed,
                               req.logprobs or req.top_logprobs > 0, req.top_logprobs)
 
-    def _prompt_ids(self, lm: LoadedModel, req: GenerationRequest) -> list[int]:
+    @staticmethod
+    def _render(lm: LoadedModel, prompt: str, messages: list[tuple[str, str]]) -> str:
+        """The text the model sees: the raw prompt, or the messages in the model's chat template."""
         tok = lm.tokenizer
-        if req.messages:
+        if messages:
             if not getattr(tok, "chat_template", None):
                 raise InvalidArgument(f"model {lm.name!r} has no chat template; send a raw prompt", field="messages")
-            text = tok.apply_chat_template(
-                [{"role": r, "content": c} for r, c in req.messages], add_generation_prompt=True, tokenize=False
+            return tok.apply_chat_template(
+                [{"role": r, "content": c} for r, c in messages], add_generation_prompt=True, tokenize=False
             )
-        else:
-            text = req.prompt
-        ids = tok(text, add_special_tokens=not req.messages)["input_ids"]
+        return prompt
+
+    def _prompt_ids(self, lm: LoadedModel, req: GenerationRequest) -> list[int]:
+        text = self._render(lm, req.prompt, req.messages)
+        ids = lm.tokenizer(text, add_special_tokens=not req.messages)["input_ids"]
         field_name = "messages" if req.messages else "prompt"
         require(len(ids) < lm.context_length, field_name,
                 f"shorter than the model's context of {lm.context_length} tokens", f"{len(ids)} tokens")
@@ -221,8 +240,39 @@ class GeneratorCore:
         t0 = time.perf_counter()
         ids = self._prompt_ids(engine.loaded, req)
         prepare_ms = (time.perf_counter() - t0) * 1000
-        er = engine.submit(EngineRequest(ids, sampling, cancelled, prepare_ms=prepare_ms))
+        constraint, compile_ms, cached = None, 0.0, False
+        if req.response_format is not None:  # compiled here, in the caller's thread: a bad format fails the call
+            constraint, compile_ms, cached = engine.grammars.constraint(req.response_format)
+        er = engine.submit(EngineRequest(ids, sampling, cancelled, prepare_ms=prepare_ms, constraint=constraint,
+                                         grammar_compile_ms=compile_ms, grammar_cached=cached))
         return er, engine.loaded.name, sampling.seed
+
+    # -- introspection ------------------------------------------------------------------------
+
+    def tokenize(self, model: str, text: str, messages: list[tuple[str, str]]) -> TokenizeResult:
+        """Tokens of `text` (as a raw prompt) or of `messages` (rendered as a chat prompt), exactly as
+        a generation from the same input would see them."""
+        if bool(text) == bool(messages):
+            raise InvalidArgument("give exactly one of text or messages", field="text")
+        require(len(text) <= MAX_TOKENIZE_CHARS, "text", f"at most {MAX_TOKENIZE_CHARS} characters", len(text))
+        for i, (role, _content) in enumerate(messages):
+            require(role in CHAT_ROLES, f"messages[{i}].role", f"one of {', '.join(CHAT_ROLES)}", role)
+        require(sum(len(c) for _, c in messages) <= MAX_TOKENIZE_CHARS, "messages",
+                f"at most {MAX_TOKENIZE_CHARS} characters in all")
+        lm = self.engine(model).loaded
+        rendered = self._render(lm, text, messages)
+        tok = lm.tokenizer
+        enc = tok(rendered, add_special_tokens=not messages, return_offsets_mapping=True)
+        ids = list(enc["input_ids"])
+        pieces = tok.convert_ids_to_tokens(ids)
+        special = set(getattr(tok, "all_special_ids", []) or [])
+        added = getattr(tok, "added_tokens_decoder", {}) or {}
+        special |= {i for i, t in added.items() if getattr(t, "special", False)}
+        tokens = [
+            (i, piece, tok.decode([i]), int(start), int(end), i in special)
+            for i, piece, (start, end) in zip(ids, pieces, enc["offset_mapping"], strict=True)
+        ]
+        return TokenizeResult(rendered, tokens, lm.name)
 
     def stream(self, req: GenerationRequest, cancelled: Callable[[], bool]) -> Iterator[Delta | Finished]:
         er, _, _ = self.start(req, cancelled)

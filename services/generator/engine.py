@@ -24,6 +24,7 @@ from transformers.generation import (
     TopPLogitsWarper,
 )
 
+from services.generator.constrained import Constraint, GrammarCache
 from shared.errors import GenstackError, Internal, ResourceExhausted
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 FINISH_STOP = "stop"
 FINISH_LENGTH = "length"
 FINISH_CANCELLED = "cancelled"
+CONSTRAINT_COMPLETE = "complete"
+CONSTRAINT_INCOMPLETE = "incomplete"
 
 
 @dataclass
@@ -72,6 +75,11 @@ class Finished:
     total_ms: float
     tokens: list[TokenInfo] = field(default_factory=list)  # per-token info not yet sent with a delta
     prepare_ms: float = 0.0
+    #: with a response format: CONSTRAINT_COMPLETE or CONSTRAINT_INCOMPLETE; None without one
+    constraint: str | None = None
+    grammar_compile_ms: float = 0.0
+    grammar_cached: bool = False
+    mask_ms: float = 0.0
 
 
 @dataclass
@@ -93,6 +101,10 @@ class EngineRequest:
     out: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     enqueued_at: float = field(default_factory=time.perf_counter)
     prepare_ms: float = 0.0
+    #: the response format's matcher (services.generator.constrained.Constraint), or None
+    constraint: Constraint | None = None
+    grammar_compile_ms: float = 0.0
+    grammar_cached: bool = False
 
     def events(self) -> Iterator[Delta | Finished]:
         """Consume the request's events until Finished (errors are re-raised here)."""
@@ -130,11 +142,20 @@ def _held_back(text: str, stops: list[str]) -> int:
     return best
 
 
+def _logits_width(lm: LoadedModel) -> int:
+    """Width of the model's logits (may exceed the tokenizer's vocabulary, e.g. Qwen2.5 pads to 151,936)."""
+    head = lm.model.get_output_embeddings() if hasattr(lm.model, "get_output_embeddings") else None
+    if head is not None and getattr(head, "weight", None) is not None:
+        return int(head.weight.shape[0])
+    return int(getattr(lm.model.config, "vocab_size", 0) or len(lm.tokenizer))
+
+
 class Engine:
     """Serves one loaded model from a bounded queue on a single thread."""
 
     def __init__(self, loaded: LoadedModel, max_queue: int = 64):
         self.loaded = loaded
+        self.grammars = GrammarCache(loaded.tokenizer, loaded.eos_ids, _logits_width(loaded))
         self._queue: queue.Queue[EngineRequest | None] = queue.Queue(maxsize=max_queue)
         self._thread = threading.Thread(target=self._loop, name=f"engine-{loaded.name}", daemon=True)
         self._thread.start()
@@ -184,6 +205,9 @@ class Engine:
         first_at: float | None = None
         reason = FINISH_LENGTH
         budget = min(s.max_new_tokens, lm.context_length - len(req.prompt_ids))
+        constraint = req.constraint
+        format_done = False  # the response format allows no further token
+        cut_by_stop = False
 
         for _ in range(budget):
             if req.cancelled():
@@ -192,7 +216,16 @@ class Engine:
             out = lm.model(input_ids=step_input, past_key_values=cache, use_cache=True)
             cache = out.past_key_values
             logits = out.logits[:, -1, :].float()
-            scores = procs(all_ids, logits) if procs else logits
+            scores = logits
+            if constraint is not None:
+                # log-probs stay the model's own; only sampling sees the mask
+                scores = logits.clone() if s.logprobs else logits
+                if not constraint.mask(scores):
+                    # a dead end of the grammar (it allows no token and is not complete): stop here
+                    log.warning("response format allows no next token", extra={"fields": {"error": constraint.error}})
+                    reason = FINISH_STOP
+                    break
+            scores = procs(all_ids, scores) if procs else scores
             if s.temperature == 0:
                 next_id = int(torch.argmax(scores, dim=-1))
             else:
@@ -206,6 +239,13 @@ class Engine:
                 reason = FINISH_STOP
                 break
             generated.append(next_id)
+            if constraint is not None:
+                if not constraint.consume(next_id):
+                    raise Internal(f"the response format refused a token it allowed: {constraint.error}")
+                if constraint.stopped:
+                    format_done = True
+                    reason = FINISH_STOP
+                    break  # the value is complete: no further forward pass, the text is flushed below
             step_input = torch.tensor([[next_id]], dtype=torch.long, device=lm.device)
             all_ids = torch.cat([all_ids, step_input], dim=1)
 
@@ -219,6 +259,7 @@ class Engine:
                     pending = []
                 emitted = cut
                 reason = FINISH_STOP
+                cut_by_stop = True
                 break
             safe = len(text) - _held_back(text, s.stop) if s.stop else len(text)
             if safe > emitted:
@@ -226,11 +267,20 @@ class Engine:
                 pending = []
                 emitted = safe
 
-        if reason == FINISH_LENGTH:  # flush text held back for a stop sequence that never came
+        if reason == FINISH_LENGTH or format_done:  # flush text held back for a stop sequence that never came
             text = tok.decode(generated, skip_special_tokens=True)
-            if len(text) > emitted:
-                req.out.put(Delta(text[emitted:], pending))
+            end = len(text)
+            if format_done:  # the last token was not checked for stop sequences in the loop
+                cut = self._find_stop(text, s.stop, emitted)
+                if cut is not None:
+                    end, cut_by_stop = cut, True
+            if end > emitted:
+                req.out.put(Delta(text[emitted:end], pending))
                 pending = []
+        status = None
+        if constraint is not None:
+            # complete only if the matcher accepts all of it and no stop sequence cut the text short
+            status = CONSTRAINT_COMPLETE if constraint.accepting and not cut_by_stop else CONSTRAINT_INCOMPLETE
         ended = time.perf_counter()
         n = len(generated)
         decode_s = ended - first_at if first_at else 0.0
@@ -245,6 +295,10 @@ class Engine:
                 total_ms=(ended - started) * 1000,
                 tokens=pending,
                 prepare_ms=req.prepare_ms,
+                constraint=status,
+                grammar_compile_ms=req.grammar_compile_ms,
+                grammar_cached=req.grammar_cached,
+                mask_ms=constraint.mask_ms if constraint is not None else 0.0,
             )
         )
 

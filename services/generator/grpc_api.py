@@ -7,8 +7,18 @@ from collections.abc import Iterator
 import shared  # noqa: F401 - puts the generated stubs on sys.path
 from genstack.generator.v1 import generator_pb2 as pb
 from genstack.generator.v1 import generator_pb2_grpc as pb_grpc
+from services.generator.constrained import CHOICES, JSON_SCHEMA, REGEX, ResponseFormat
 from services.generator.core import GenerationRequest, GeneratorCore
-from services.generator.engine import FINISH_CANCELLED, FINISH_LENGTH, FINISH_STOP, Delta, Finished, TokenInfo
+from services.generator.engine import (
+    CONSTRAINT_COMPLETE,
+    CONSTRAINT_INCOMPLETE,
+    FINISH_CANCELLED,
+    FINISH_LENGTH,
+    FINISH_STOP,
+    Delta,
+    Finished,
+    TokenInfo,
+)
 from shared.rpc import CallContext, ServiceApi
 
 _FINISH = {
@@ -16,6 +26,23 @@ _FINISH = {
     FINISH_LENGTH: pb.FINISH_REASON_LENGTH,
     FINISH_CANCELLED: pb.FINISH_REASON_CANCELLED,
 }
+_CONSTRAINT = {
+    None: pb.CONSTRAINT_STATUS_UNSPECIFIED,
+    CONSTRAINT_COMPLETE: pb.CONSTRAINT_STATUS_COMPLETE,
+    CONSTRAINT_INCOMPLETE: pb.CONSTRAINT_STATUS_INCOMPLETE,
+}
+
+
+def to_format(request: pb.GenerateRequest | pb.GenerateStreamRequest) -> ResponseFormat | None:
+    rf = request.response_format
+    which = rf.WhichOneof("format")
+    if which == "json_schema":
+        return ResponseFormat(JSON_SCHEMA, rf.json_schema)
+    if which == "regex":
+        return ResponseFormat(REGEX, rf.regex)
+    if which == "choices":
+        return ResponseFormat(CHOICES, tuple(rf.choices.values))
+    return None
 
 
 def to_core(request: pb.GenerateRequest | pb.GenerateStreamRequest) -> GenerationRequest:
@@ -34,6 +61,7 @@ def to_core(request: pb.GenerateRequest | pb.GenerateStreamRequest) -> Generatio
         seed=opt("seed"),
         logprobs=request.output.logprobs,
         top_logprobs=request.output.top_logprobs,
+        response_format=to_format(request),
     )
 
 
@@ -51,6 +79,7 @@ def _stats(f: Finished) -> pb.GenerationStats:
     return pb.GenerationStats(
         prompt_tokens=f.prompt_tokens, completion_tokens=f.completion_tokens, time_to_first_token_ms=f.ttft_ms,
         tokens_per_second=f.tokens_per_second, total_ms=f.total_ms, queue_ms=f.queue_ms, prepare_ms=f.prepare_ms,
+        grammar_compile_ms=f.grammar_compile_ms, grammar_cached=f.grammar_cached, mask_ms=f.mask_ms,
     )
 
 
@@ -71,6 +100,7 @@ class GeneratorApi(ServiceApi):
         return pb.GenerateResponse(
             text=result.text, finish_reason=_FINISH[result.finished.reason], stats=_stats(result.finished),
             logprobs=_logprobs(result.tokens), model=result.model, seed=result.seed,
+            constraint_status=_CONSTRAINT[result.finished.constraint],
         )
 
     def GenerateStream(
@@ -85,7 +115,7 @@ class GeneratorApi(ServiceApi):
             else:
                 yield pb.GenerateStreamResponse(
                     logprobs=_logprobs(event.tokens), finish_reason=_FINISH[event.reason], stats=_stats(event),
-                    model=model, seed=seed,
+                    model=model, seed=seed, constraint_status=_CONSTRAINT[event.constraint],
                 )
 
     def ListModels(self, request: pb.ListModelsRequest, ctx: CallContext) -> pb.ListModelsResponse:
@@ -95,6 +125,14 @@ class GeneratorApi(ServiceApi):
                              is_default=m.is_default)
                 for m in self.core.list_models()
             ]
+        )
+
+    def Tokenize(self, request: pb.TokenizeRequest, ctx: CallContext) -> pb.TokenizeResponse:
+        result = self.core.tokenize(request.model, request.text, [(m.role, m.content) for m in request.messages])
+        return pb.TokenizeResponse(
+            tokens=[pb.Token(id=i, token=piece, text=text, start=start, end=end, special=special)
+                    for i, piece, text, start, end, special in result.tokens],
+            count=len(result.tokens), text=result.text, model=result.model,
         )
 
 

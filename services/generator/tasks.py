@@ -1,4 +1,5 @@
-"""Celery tasks of the generator: generator.generate, generator.generate_stream, generator.list_models."""
+"""Celery tasks of the generator, one per RPC: generator.generate, generator.generate_stream,
+generator.list_models, generator.tokenize."""
 
 from services.generator.grpc_api import API_CLASS
 from shared.celery_app import make_celery, register_tasks

@@ -18,3 +18,6 @@ class GeneratorClient(ServiceClient):
 
     def list_models(self, timeout: float | None = None) -> pb.ListModelsResponse:
         return self.call("ListModels", pb.ListModelsRequest(), timeout)
+
+    def tokenize(self, request: pb.TokenizeRequest, timeout: float | None = None) -> pb.TokenizeResponse:
+        return self.call("Tokenize", request, timeout)
