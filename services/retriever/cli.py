@@ -28,6 +28,9 @@ _BAD_DOC = re.compile(r"^documents\[(\d+)\]")
 
 
 def register(sub) -> None:
+    from services.retriever import embed_cli
+
+    embed_cli.register_embed(sub)  # genstack embed
     p = sub.add_parser("ingest", help="ingest files and folders into a retriever collection")
     p.add_argument("paths", nargs="+", type=Path, help="files or folders (folders are walked recursively)")
     p.add_argument("--collection", "-c", default="default", help="target collection (default: default)")

@@ -110,6 +110,15 @@ class IngestResult:
 
 
 @dataclass
+class EmbedResult:
+    vectors: np.ndarray  # (n, dimension) float32, unit rows
+    tokens: list[int]
+    truncated: list[bool]
+    model: str
+    max_tokens: int
+
+
+@dataclass
 class SearchResult:
     hits: list[Candidate]
     mode: str
@@ -213,6 +222,28 @@ class RetrieverCore:
     def max_chunk_tokens(self) -> int:
         # room for the [CLS] and [SEP] tokens the model adds
         return int(getattr(self.embedder.load(), "max_seq_length", 512) or 512) - 2
+
+    # -- embed -----------------------------------------------------------------------------------
+
+    def embed(self, texts: list[str]) -> EmbedResult:
+        """Unit vectors of `texts` with the embedding model ingest and search use, plus each text's
+        token count and whether it was cut to the model's maximum sequence length."""
+        s = self.settings
+        if not texts:
+            raise InvalidArgument("must hold at least one text", field="texts")
+        if len(texts) > s.max_embed_texts:
+            raise InvalidArgument(f"must hold at most {s.max_embed_texts} texts (got {len(texts)})", field="texts")
+        for i, text in enumerate(texts):
+            if not text.strip():
+                raise InvalidArgument("must be a non-empty text", field=f"texts[{i}]")
+            if len(text) > s.max_embed_chars:
+                raise InvalidArgument(f"must be at most {s.max_embed_chars} characters (got {len(text)})",
+                                      field=f"texts[{i}]")
+        embedder = self.embedder
+        limit = int(getattr(embedder.load(), "max_seq_length", 512) or 512)
+        counts = [len(ids) for ids in embedder.tokenizer(texts, add_special_tokens=True)["input_ids"]]
+        vectors = embedder.encode(texts)
+        return EmbedResult(vectors, counts, [n > limit for n in counts], self.model_name, limit)
 
     # -- ingest ----------------------------------------------------------------------------------
 

@@ -179,6 +179,14 @@ class RetrieverApi(ServiceApi):
         took_ms = (time.perf_counter() - started) * 1000
         return pb.SearchResponse(hits=hits, mode=_MODE_ENUM[result.mode], alpha=result.alpha, took_ms=took_ms)
 
+    def Embed(self, request: pb.EmbedRequest, ctx: CallContext) -> pb.EmbedResponse:
+        result = self.core.embed(list(request.texts))
+        return pb.EmbedResponse(
+            embeddings=[pb.Embedding(values=vec.tolist(), tokens=n, truncated=cut)
+                        for vec, n, cut in zip(result.vectors, result.tokens, result.truncated, strict=True)],
+            model=result.model, dimension=int(result.vectors.shape[1]), max_tokens=result.max_tokens,
+        )
+
 
 API_CLASS = RetrieverApi
 

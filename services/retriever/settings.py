@@ -51,6 +51,8 @@ class RetrieverSettings(ServiceSettings):
     hybrid_candidates: int = Field(100, description="Candidates taken from each of vector and keyword search")
     max_fetch_k: int = Field(500, description="Largest MMR candidate pool")
     max_query_chars: int = Field(2000, description="Longest query text accepted")
+    max_embed_texts: int = Field(256, description="Most texts in one Embed call")
+    max_embed_chars: int = Field(8192, description="Longest text accepted by Embed")
     max_filters: int = Field(16, description="Most metadata filters in one search")
     max_filter_values: int = Field(100, description="Most values in one any_of filter")
 

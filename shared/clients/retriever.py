@@ -41,6 +41,9 @@ class RetrieverClient(ServiceClient):
     def search(self, request: pb.SearchRequest, timeout: float | None = None) -> pb.SearchResponse:
         return self.call("Search", request, timeout)
 
+    def embed(self, request: pb.EmbedRequest, timeout: float | None = None) -> pb.EmbedResponse:
+        return self.call("Embed", request, timeout)
+
     def ingest_large(
         self,
         request: pb.IngestDocumentsRequest,
