@@ -25,6 +25,7 @@ from celery import Celery, Task
 from celery.signals import setup_logging as celery_setup_logging
 from google.protobuf import json_format
 
+from shared import metrics, tracing
 from shared.auth import authenticate_task, identity_var
 from shared.config import Settings, get_settings
 from shared.errors import GenstackError, InvalidArgument
@@ -41,6 +42,10 @@ CANCEL_KEY = "genstack:cancel:{task_id}"
 @celery_setup_logging.connect
 def _keep_our_logging(**_kwargs):
     """Connecting this signal stops Celery from reconfiguring the root logger."""
+
+
+metrics.connect_celery_signals()  # task counts, outcomes and run times
+tracing.connect_celery_signals()  # a forked child traces on its own
 
 
 def make_celery(settings: Settings | None = None, name: str = "genstack") -> Celery:
@@ -139,7 +144,7 @@ def register_tasks(
             try:
                 for msg in impl(request, ctx):
                     last = json_format.MessageToDict(msg)
-                    rds.xadd(key, {"data": json.dumps(last)})
+                    rds.xadd(key, {"data": json.dumps(last), **tracing.stream_fields()})
                     rds.expire(key, settings.stream_ttl_s)
             except GenstackError as exc:
                 rds.xadd(key, {"end": "1", "error": type(exc).__name__, "message": exc.message})
@@ -147,7 +152,7 @@ def register_tasks(
             except Exception:
                 rds.xadd(key, {"end": "1", "error": "Internal", "message": "internal error (see worker log)"})
                 raise
-            rds.xadd(key, {"end": "1"})
+            rds.xadd(key, {"end": "1", **tracing.stream_fields()})
             rds.expire(key, settings.stream_ttl_s)
             return last
 

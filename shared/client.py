@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
+from shared import tracing
 from shared.auth import acting_for_var, call_metadata, channel_credentials, get_tls_settings, task_auth_kwargs
 from shared.config import Settings, Transport, get_client_settings, get_settings
 from shared.errors import Cancelled, DeadlineExceeded, GenstackError, Internal, Unavailable, from_name, from_status
@@ -159,7 +160,7 @@ class ServiceClient:
                 except grpc.RpcError as exc:
                     raise _from_rpc_error(exc) from None
 
-            return Stream(grpc_iter(), call.cancel)
+            return Stream(grpc_iter(), getattr(call, "cancel", None) or _closer(call))
         if self.transport == "celery":
             return self._celery_stream(m, request, timeout)
         ctx = CallContext.with_timeout(timeout)
@@ -215,6 +216,18 @@ class ServiceClient:
             rds.set(CANCEL_KEY.format(task_id=result.id), "1", ex=self.settings.stream_ttl_s)
 
         def celery_iter():
+            reader = tracing.stream_reader(f"read_stream/{m.task_name}", {"genstack.stream": key})
+            try:
+                yield from read(reader)
+            except GeneratorExit:  # the reader stopped early (a cancel): not an error
+                reader.end()
+                raise
+            except BaseException as exc:
+                reader.end(exc)
+                raise
+            reader.end()
+
+        def read(reader):
             last_id = "0-0"
             while True:
                 remaining = deadline - time.monotonic()
@@ -226,6 +239,7 @@ class ServiceClient:
                     for entry_id, fields in items:
                         last_id = entry_id
                         fields = {k.decode(): v.decode() for k, v in fields.items()}
+                        reader.saw(fields)
                         if "data" in fields:
                             doc = json.loads(fields["data"])
                             yield json_format.ParseDict(doc, m.response_type(), ignore_unknown_fields=True)
@@ -235,6 +249,19 @@ class ServiceClient:
                             return
 
         return Stream(celery_iter(), cancel)
+
+
+def _closer(call):
+    """Cancel for a stream that is a generator (the tracing client interceptor wraps the call in
+    one): closing it drops the call, which grpc then cancels."""
+
+    def cancel() -> None:
+        try:
+            call.close()
+        except ValueError:  # being iterated in another thread right now: it sees the close later
+            pass
+
+    return cancel
 
 
 def _from_rpc_error(exc: grpc.RpcError) -> GenstackError:

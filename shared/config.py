@@ -47,6 +47,10 @@ class Settings(BaseSettings):
         "model processes, one on a 2-core machine; genstack up sets it for each process it starts)"
     )
     stream_ttl_s: int = Field(3600, description="Lifetime of Celery stream/cancel keys in Redis")
+    metrics_port: int | None = Field(
+        None, description="Serve Prometheus metrics on this port at /metrics (unset: off; 0: any free port; "
+        "`genstack up` gives each process its own port from here on)"
+    )
 
     @property
     def celery_broker(self) -> str:

@@ -13,6 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from shared import metrics, tracing
 from shared.auth import identity_var, server_credentials, server_interceptors
 from shared.config import Settings, get_settings
 from shared.errors import GenstackError
@@ -108,7 +109,8 @@ class Server:
         self.grpc_server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=self.settings.grpc_workers),
             # authentication (when configured) before the handler: an unauthenticated call reaches nothing
-            interceptors=[*server_interceptors(), ErrorInterceptor()],
+            interceptors=[*tracing.server_interceptors(), metrics.server_interceptor(), *server_interceptors(),
+                          ErrorInterceptor()],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),

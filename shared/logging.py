@@ -30,6 +30,10 @@ class JsonFormatter(logging.Formatter):
             value = var.get()
             if value:
                 doc[key] = value
+        if "shared.tracing" in sys.modules:  # only once tracing may be on: no cost otherwise
+            trace_id, span_id = sys.modules["shared.tracing"].current_ids()
+            if trace_id:
+                doc["trace_id"], doc["span_id"] = trace_id, span_id
         extra = getattr(record, "fields", None)
         if extra:
             doc.update(extra)

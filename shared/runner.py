@@ -25,16 +25,30 @@ def run(service: str, role: str, port: int | None = None, concurrency: int = 1) 
     spec = get_spec(service)
     _setup(service)
     if role == "grpc":
+        from shared import metrics, tracing
         from shared.grpc_server import Server
 
+        tracing.setup(service)  # before the server and any client channel exist
         module, _, factory = spec.api.partition(":")
         api = getattr(importlib.import_module(module), factory)()
         server = Server(api, spec.port if port is None else port).start()
+        metrics.start(f"{service}-grpc")
         # machine-readable line so supervisors and tests can find an ephemeral port
         print(f"GENSTACK_LISTENING {service} {server.port}", flush=True)
         server.serve_forever()
         return 0
     if role == "worker":
+        from shared import tracing
+
+        if concurrency > 1 and get_settings().metrics_port is not None:
+            # prometheus-client's multiprocess mode, chosen before it is first imported: forked
+            # children write their values there and the parent's /metrics adds them up
+            import os
+            import tempfile
+
+            os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="genstack-metrics-"))
+        if concurrency == 1:
+            tracing.setup(service)  # the solo pool runs tasks in this process (forked children: see celery_app)
         tasks = importlib.import_module(f"services.{service}.tasks")
         if concurrency == 1:
             # solo pool: load models before consuming, so the first task is not slowed by it
@@ -44,6 +58,9 @@ def run(service: str, role: str, port: int | None = None, concurrency: int = 1) 
         argv = ["worker", "-Q", spec.queue, "-n", f"{service}@%h", "--concurrency", str(concurrency), "-P", "solo"
                 if concurrency == 1 else "prefork", "--loglevel", get_settings().log_level, "--without-gossip",
                 "--without-mingle"]
+        from shared import metrics
+
+        metrics.start(f"{service}-worker")
         tasks.app.worker_main(argv)
         return 0
     raise ValueError(f"role must be grpc or worker (got {role!r})")

@@ -139,10 +139,11 @@ class GeneratorCore:
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=True)
             model = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype, local_files_only=True)
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever fails to load reads alike: no probing of host folders
+            log.warning("model %r failed to load from %s: %r", name, source, exc)
             raise InvalidArgument(
                 f"model {name!r} is not available offline (not in the registry, the local Hugging Face cache or a "
-                f"folder): {exc.__class__.__name__}",
+                "loadable folder)",
                 field="model",
             ) from None
         device = torch.device(self.settings.device)

@@ -19,6 +19,7 @@ from services.generator.engine import (
     Finished,
     TokenInfo,
 )
+from shared import metrics
 from shared.rpc import CallContext, ServiceApi
 
 _FINISH = {
@@ -107,7 +108,7 @@ class GeneratorApi(ServiceApi):
         self, request: pb.GenerateStreamRequest, ctx: CallContext
     ) -> Iterator[pb.GenerateStreamResponse]:
         er, model, seed = self.core.start(to_core(request), _stopped(ctx))
-        for event in er.events():
+        for event in metrics.watch_generation(er.events(), model):
             if isinstance(event, Delta):
                 yield pb.GenerateStreamResponse(
                     delta=event.text, logprobs=_logprobs(event.tokens), model=model, seed=seed

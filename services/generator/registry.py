@@ -61,11 +61,14 @@ def resolve(name: str, cache: Path, allow_any: bool) -> tuple[str, Path | str]:
     """Map a requested model name to (canonical name, loadable folder or HF id)."""
     if name in REGISTRY:
         return name, REGISTRY[name].resolve(cache)
-    path = Path(name).expanduser()
-    if allow_any and path.is_dir() and (path / "config.json").exists():
-        return str(path.resolve()), path.resolve()
-    if allow_any and "/" in name and not path.exists():
-        return name, name  # a Hugging Face id, loaded from the local cache only
+    if allow_any and "/" in name:
+        # a local folder or a Hugging Face id from the local cache; whatever does not load gets one
+        # message (the loader's), so that a client cannot probe which folders exist on the host
+        path = Path(name).expanduser()
+        return name, path if path.is_dir() else name
     known = ", ".join(REGISTRY)
-    extra = ", a Hugging Face id or a local folder with config.json" if allow_any else ""
-    raise InvalidArgument(f"unknown model {name!r}; allowed: {known}{extra}", field="model")
+    if allow_any:
+        raise InvalidArgument(f"unknown model {name!r}; allowed: {known}, a Hugging Face id or a local folder",
+                              field="model")
+    raise InvalidArgument(f"unknown model {name!r}; allowed: {known} (an operator can allow other models with "
+                          "GENSTACK_GENERATOR_ALLOW_ANY_MODEL)", field="model")

@@ -21,4 +21,7 @@ class GeneratorSettings(ServiceSettings):
     max_context_tokens: int = Field(0, description="Cap on prompt+completion tokens (0: the model's own context)")
     max_queue: int = Field(64, description="Requests waiting per model before RESOURCE_EXHAUSTED")
     max_loaded_models: int = Field(3, description="Models kept in memory at once")
-    allow_any_model: bool = Field(True, description="Accept Hugging Face ids and local paths beyond the registry")
+    allow_any_model: bool = Field(
+        False, description="Accept Hugging Face ids and local folders beyond the registry (off: clients pick only "
+        "registered models, so they cannot make the server load arbitrary folders)"
+    )

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from services.image.settings import ImageSettings
+from shared import metrics, tracing
 from shared.artifacts import Artifact, ArtifactStore, get_store
 from shared.config import Settings, get_settings
 from shared.errors import Cancelled, InvalidArgument, Unavailable
@@ -277,6 +278,8 @@ class ImageCore:
             timings["store"] = (time.perf_counter() - t2) * 1000
         total_s = time.perf_counter() - t_start
         denoise_s = timings["denoise"] / 1000
+        metrics.observe_steps("image", r.steps, denoise_s, r.num_images)
+        tracing.record("image.denoise", denoise_s, {"genstack.steps": r.steps})
         return ImageResult(
             images=images, model=self.model_name, scheduler=r.scheduler, steps=r.steps,
             guidance_scale=r.guidance_scale, seed=r.seed, width=r.width, height=r.height, timings=timings,

@@ -18,6 +18,7 @@ from services.orchestrator.pipelines import load_pipelines, pick
 from services.orchestrator.runner import JobRun
 from services.orchestrator.settings import OrchestratorSettings
 from services.orchestrator.store import JobStore, MemoryJobStore, RedisJobStore, iter_events
+from shared import metrics, tracing
 from shared.clients import client_for
 from shared.config import Settings, get_settings
 from shared.errors import InvalidArgument, NotFound, require
@@ -92,17 +93,24 @@ class OrchestratorCore:
         kind, pipeline, _ = self.check(request)
         job = opb.Job(job_id=uuid.uuid4().hex, kind=kind, state=opb.JOB_STATE_QUEUED, pipeline=pipeline,
                       created_at=iso_utc(), updated_at=iso_utc(), request=request)
+        job.trace_parent = tracing.job_origin()  # the job's span continues the submitter's trace
+        job.trace_id = tracing.trace_id_of(job.trace_parent)
         job_id, created = self.store.create(job.job_id, json_format.MessageToDict(job), kind, job.state,
                                             request.idempotency_key)
         if not created:
             return self.get(job_id), False
+        metrics.JOBS.labels(kind, "queued").inc()
         job.last_event_id = self.store.append_event(job_id, "job.queued", "", {"kind": kind, "pipeline": pipeline},
                                                     job.state)
         return job, True
 
     def run(self, job: opb.Job) -> opb.Job:
         _, _, deadline = self.check(job.request)
-        return JobRun(self, job, self.pipelines[job.pipeline], deadline).run()
+        run = JobRun(self, job, self.pipelines[job.pipeline], deadline)
+        with tracing.span(f"job {job.kind}", {"genstack.job_id": job.job_id, "genstack.pipeline": job.pipeline},
+                          parent=job.trace_parent or None), \
+                metrics.track_job(job.kind, lambda: opb.JobState.Name(job.state)):
+            return run.run()
 
     def submit(self, request: opb.SubmitJobRequest) -> tuple[opb.Job, bool]:
         job, created = self.create(request)

@@ -16,6 +16,7 @@ from genstack.orchestrator.v1 import orchestrator_pb2 as opb
 from services.orchestrator.kinds import get_kind
 from services.orchestrator.pipelines import Pipeline
 from services.orchestrator.steps import STEPS, RunState, dumps
+from shared import metrics, tracing
 from shared.errors import Cancelled, DeadlineExceeded, GenstackError
 from shared.logging import job_id_var
 from shared.timefmt import iso_utc
@@ -83,11 +84,14 @@ class JobRun:
         record = opb.StepRecord(name=name, service=service, transport=transport, attempt=attempt,
                                 started_at=started, input_json=dumps(input_doc))
         try:
-            yield rec
+            with tracing.span(f"step {name}", {"genstack.step": name, "genstack.service": service,
+                                               "genstack.transport": transport, "genstack.attempt": attempt}):
+                yield rec
         except BaseException as exc:
             record.status = "cancelled" if isinstance(exc, Cancelled) else "failed"
             record.error = exc.message if isinstance(exc, GenstackError) else f"{type(exc).__name__}: {exc}"
             record.duration_ms = (time.perf_counter() - t0) * 1000
+            metrics.STEP_SECONDS.labels(name, record.status).observe(record.duration_ms / 1000)
             self.job.steps.append(record)
             with self.store.batch():
                 self.emit("step.failed", name, {"error": record.error, "attempt": attempt})
@@ -97,6 +101,7 @@ class JobRun:
         record.output_json = dumps(rec.output)
         record.service_ms = rec.service_ms
         record.duration_ms = (time.perf_counter() - t0) * 1000
+        metrics.STEP_SECONDS.labels(name, record.status).observe(record.duration_ms / 1000)
         self.job.steps.append(record)
         with self.store.batch():
             self.emit("step.finished", name, {"status": rec.status, "duration_ms": record.duration_ms,
@@ -171,6 +176,7 @@ class JobRun:
                     return True
                 retries += 1
                 self.emit("job.retry", s.name, {"retry": retries, "feedback": self._state.get("feedback", "")})
+                metrics.RETRIES.labels(self.job.kind, s.name).inc()
                 i = next(k for k, st in enumerate(steps) if st.name == rule.restart_at)
                 continue
             i += 1

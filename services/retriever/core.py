@@ -43,6 +43,7 @@ from services.retriever.stores.base import (
     StoreQuery,
     WriteResult,
 )
+from shared import metrics, tracing
 from shared.errors import FailedPrecondition, InvalidArgument, NotFound
 
 log = logging.getLogger(__name__)
@@ -271,6 +272,7 @@ class RetrieverCore:
                 field="documents",
             )
         size, overlap = self._chunking(chunk_size, chunk_overlap)
+        t0 = time.perf_counter()
         report = progress or (lambda *a: None)
         check = check or (lambda: None)
 
@@ -303,6 +305,8 @@ class RetrieverCore:
         report(WRITING, 0, total_chunks, len(prepared), total_chunks)
         written = self.store.write(collection, records, self.model_name, self.dimension)
         report(DONE, total_chunks, total_chunks, len(prepared), total_chunks)
+        metrics.observe_ingest(total_chunks, time.perf_counter() - t0)
+        tracing.record("retriever.ingest", time.perf_counter() - t0, {"genstack.chunks": total_chunks})
         return IngestResult(collection, written)
 
     def _chunking(self, size: int | None, overlap: int | None) -> tuple[int, int]:
@@ -474,6 +478,9 @@ class RetrieverCore:
             h.vector = None
         log.debug("search", extra={"fields": {"mode": mode, "hits": len(hits),
                                               "ms": round((time.perf_counter() - started) * 1e3, 2)}})
+        took = time.perf_counter() - started
+        metrics.SEARCH_LATENCY.labels(mode).observe(took)
+        tracing.record("retriever.search", took, {"genstack.mode": mode, "genstack.hits": len(hits)})
         return SearchResult(hits, mode, alpha)
 
     def _filters(self, raw: list[FilterInput]) -> list[MetadataFilter]:

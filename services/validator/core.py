@@ -31,6 +31,7 @@ from services.validator.datatypes import (
 )
 from services.validator.policies import PolicyRegistry, merge_checks
 from services.validator.settings import ValidatorSettings, get_validator_settings
+from shared import metrics, tracing
 from shared.config import get_settings
 from shared.errors import InvalidArgument, NotFound, ResourceExhausted
 
@@ -229,6 +230,9 @@ class ValidatorCore:
         score = float(np.mean([r.score for r in results])) if results else 1.0
         feedback = "\n".join(f"- {r.feedback}" for r in results if not r.passed and r.feedback)
         verdict = Verdict(passed, score, results, feedback, policy_name, (time.perf_counter() - started) * 1000.0)
+        metrics.observe_verdict(policy_name, passed, [(r.name, r.passed) for r in results])
+        tracing.record("validator.validate", verdict.duration_ms / 1000, {"genstack.policy": policy_name,
+                                                                       "genstack.passed": passed})
         log.info(
             "validated",
             extra={"fields": {"policy": policy_name, "passed": passed, "score": round(score, 4),

@@ -31,6 +31,8 @@ import numpy as np
 
 from services.video import metrics
 from services.video.settings import VideoSettings
+from shared import metrics as prom
+from shared import tracing
 from shared.artifacts import Artifact, ArtifactStore, get_store
 from shared.config import Settings, get_settings
 from shared.errors import Cancelled, InvalidArgument, Unavailable, require
@@ -335,6 +337,8 @@ class VideoCore:
             timings["store"] = (time.perf_counter() - t3) * 1000
         total_s = time.perf_counter() - t_start
         denoise_s = timings["denoise"] / 1000
+        prom.observe_steps("video", r.steps, denoise_s, 1)
+        tracing.record("video.denoise", denoise_s, {"genstack.steps": r.steps})
         return VideoResult(
             video=video, coherence=coherence, model=self.model_name, prompt=r.prompt,
             negative_prompt=r.negative_prompt, scheduler=r.scheduler, steps=r.steps,

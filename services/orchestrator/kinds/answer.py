@@ -12,6 +12,7 @@ from services.orchestrator.kinds import JobKind, register
 from services.orchestrator.kinds.generate import stream_generation
 from services.orchestrator.pipelines import Pipeline, RetryRule, StepDef
 from services.orchestrator.steps import slot, step, to_json
+from shared import metrics
 from shared.errors import require
 from shared.rpc import opt
 
@@ -94,6 +95,11 @@ def generate_answer(run, params: dict) -> None:
     run.state[ATTEMPT] = attempt
     models = list(a.models) or params.get("models") or run.settings.answer_models or [""]
     model = models[min(attempt - 1, len(models) - 1)]
+    if attempt > 1 and model != models[min(attempt - 2, len(models) - 1)]:  # the cascade moves up
+        previous = models[min(attempt - 2, len(models) - 1)]
+        metrics.ESCALATIONS.labels("answer", previous or "-", model or "-").inc()
+        run.emit("cascade.escalated", "generate_answer", {"from_model": previous, "to_model": model,
+                                                          "attempt": attempt})
     messages = run.state[MESSAGES]
     if attempt > 1 and run.state.get(FEEDBACK):
         messages = ctxmod.retry_messages(a.question, run.state[SOURCES], run.state[ANSWER], run.state[FEEDBACK])
