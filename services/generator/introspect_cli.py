@@ -84,7 +84,8 @@ def register_tokenize(sub) -> None:
     p.add_argument("--model", default="", help="registry name, Hugging Face id or folder (default: configured)")
     p.add_argument("--chat", action="store_true",
                    help="tokenize the text as a user message in the model's chat template, as generate does")
-    p.add_argument("--transport", choices=["inproc", "grpc", "celery"], default=None)
+    p.add_argument("--transport", choices=["inproc", "grpc", "celery"], default=None,
+                   help="how to reach the generator (default: GENSTACK_TRANSPORT, inproc = embedded)")
     p.add_argument("--timeout", type=float, default=None, help="deadline in seconds")
     p.add_argument("--json", action="store_true", help="print the TokenizeResponse as JSON")
     p.set_defaults(func=run_tokenize)
