@@ -19,6 +19,7 @@ from services.orchestrator.runner import JobRun
 from services.orchestrator.settings import OrchestratorSettings
 from services.orchestrator.store import JobStore, MemoryJobStore, RedisJobStore, iter_events
 from shared import metrics, tracing
+from shared.auth import identity_var
 from shared.clients import client_for
 from shared.config import Settings, get_settings
 from shared.errors import InvalidArgument, NotFound, require
@@ -27,6 +28,11 @@ from shared.timefmt import iso_utc
 log = logging.getLogger(__name__)
 
 MAX_KEY_CHARS = 128
+
+
+def _tenant_key(principal: str, key: str) -> str:
+    """Idempotency keys are per tenant: the same key from two principals makes two jobs."""
+    return f"{principal}\x1f{key}" if key and principal else key
 
 
 class OrchestratorCore:
@@ -85,6 +91,9 @@ class OrchestratorCore:
                 f"at most {MAX_KEY_CHARS} characters", len(request.idempotency_key))
         require(0 <= request.deadline_s <= self.settings.max_deadline_s, "deadline_s",
                 f"between 0 and {self.settings.max_deadline_s:g} seconds (0 = default)", request.deadline_s)
+        if kind not in self.kinds:  # an input the proto has but this orchestrator does not run
+            raise InvalidArgument(f"this orchestrator does not run {kind!r} jobs; it runs {', '.join(self.kinds)}",
+                                  field="input")
         self.kinds[kind].validate(getattr(request, kind), self.settings)
         name, _ = pick(self.pipelines, request.pipeline, kind)
         return kind, name, request.deadline_s or self.settings.default_deadline_s
@@ -93,10 +102,11 @@ class OrchestratorCore:
         kind, pipeline, _ = self.check(request)
         job = opb.Job(job_id=uuid.uuid4().hex, kind=kind, state=opb.JOB_STATE_QUEUED, pipeline=pipeline,
                       created_at=iso_utc(), updated_at=iso_utc(), request=request)
+        job.principal = identity_var.get().principal or ""  # its tenant; empty when authentication is off
         job.trace_parent = tracing.job_origin()  # the job's span continues the submitter's trace
         job.trace_id = tracing.trace_id_of(job.trace_parent)
         job_id, created = self.store.create(job.job_id, json_format.MessageToDict(job), kind, job.state,
-                                            request.idempotency_key)
+                                            _tenant_key(job.principal, request.idempotency_key))
         if not created:
             return self.get(job_id), False
         metrics.JOBS.labels(kind, "queued").inc()
@@ -131,7 +141,10 @@ class OrchestratorCore:
         record = self.store.load(job_id)
         if record is None:
             raise NotFound(f"no job with id {job_id!r}")
-        return json_format.ParseDict(record, opb.Job(), ignore_unknown_fields=True)
+        job = json_format.ParseDict(record, opb.Job(), ignore_unknown_fields=True)
+        if not identity_var.get().owns(job.principal):
+            raise NotFound(f"no job with id {job_id!r}")  # another tenant's job reads like a missing one
+        return job
 
     def watch(self, job_id: str, after_event_id: str, stop):
         self.get(job_id)  # NOT_FOUND before streaming anything
@@ -170,7 +183,8 @@ class OrchestratorCore:
                 if record is None:
                     continue
                 job = json_format.ParseDict(record, opb.Job(), ignore_unknown_fields=True)
-                if (states and job.state not in states) or (kinds and job.kind not in kinds):
+                if (states and job.state not in states) or (kinds and job.kind not in kinds) \
+                        or not identity_var.get().owns(job.principal):
                     continue
                 for st in job.steps:  # a listing carries summaries, not payloads
                     st.input_json = st.output_json = ""

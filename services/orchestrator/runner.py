@@ -17,6 +17,7 @@ from services.orchestrator.kinds import get_kind
 from services.orchestrator.pipelines import Pipeline
 from services.orchestrator.steps import STEPS, RunState, dumps
 from shared import metrics, tracing
+from shared.auth import acting_for_var
 from shared.errors import Cancelled, DeadlineExceeded, GenstackError
 from shared.logging import job_id_var
 from shared.timefmt import iso_utc
@@ -117,6 +118,7 @@ class JobRun:
 
     def run(self) -> opb.Job:
         job_id_var.set(self.job.job_id)
+        acting_for_var.set(self.job.principal or None)  # the services' calls act for the job's owner
         t0 = time.perf_counter()
         try:
             if self.cancelled():

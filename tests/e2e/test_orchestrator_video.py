@@ -1,0 +1,59 @@
+"""The `video` job kind, embedded (inproc): the project's own video model, then video-default,
+with a retry on the next seed when the verdict fails."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from genstack.orchestrator.v1 import orchestrator_pb2 as pb
+from genstack.video.v1 import video_pb2 as vpb
+from services.orchestrator.core import OrchestratorCore
+from services.orchestrator.settings import OrchestratorSettings
+from shared.config import Settings
+from shared.errors import InvalidArgument
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def core():
+    c = OrchestratorCore(OrchestratorSettings(store="memory"), Settings(transport="inproc"))
+    yield c
+    c.close()
+
+
+def test_video_job_generates_validates_and_records(core):
+    job, created = core.create(pb.SubmitJobRequest(video=vpb.GenerateVideoRequest(
+        prompt="a red circle moving right on a blue background", steps=4, seed=5, num_frames=8, fps=8)))
+    assert created and job.kind == "video" and job.pipeline == "video"
+    record = core.run(job)
+    result = record.video
+    attempts = [s for s in record.steps if s.name == "generate_video"]
+    assert result.attempts == len(attempts) in (1, 2)
+    seeds = [json.loads(s.input_json)["seed"] for s in attempts]
+    assert seeds == [str(5 + n) for n in range(len(attempts))], "a retry takes the next seed"
+    assert [json.loads(s.input_json)["output"] for s in attempts] == ["OUTPUT_MODE_ARTIFACT"] * len(attempts)
+    assert result.video.artifact.uri and not result.video.data, "the record holds a reference, not the clip"
+    assert result.video.num_frames == 8 and result.video.mime_type == "video/mp4"
+    assert result.metadata.seed == 5 + len(attempts) - 1
+    assert 0 <= result.coherence.mean_ssim <= 1
+    if record.state == pb.JOB_STATE_SUCCEEDED:
+        assert result.verdict.passed, "a job succeeds on a passing verdict"
+    else:  # both verdicts failed: the job says why
+        assert record.state == pb.JOB_STATE_FAILED and len(attempts) == 2 and not result.verdict.passed
+        assert record.error.startswith("validation failed")
+    assert [s.name for s in record.steps][:2] == ["generate_video", "validate_video"]
+
+
+def test_video_job_without_prompt_is_invalid(core):
+    with pytest.raises(InvalidArgument, match="video.prompt"):
+        core.create(pb.SubmitJobRequest(video=vpb.GenerateVideoRequest(prompt="  ")))
+
+
+def test_bad_video_parameters_fail_the_job_naming_the_field(core):
+    job, _ = core.create(pb.SubmitJobRequest(video=vpb.GenerateVideoRequest(prompt="a square", num_frames=100000)))
+    record = core.run(job)
+    assert record.state == pb.JOB_STATE_FAILED and record.error_code == "INVALID_ARGUMENT"
+    assert "num_frames" in record.error
