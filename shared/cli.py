@@ -20,6 +20,8 @@ from shared import services as _catalogue
 from shared.services import SERVICES
 
 EXIT_FAILURE, EXIT_USAGE = 1, 2
+#: the web console's commands (named by string, like the catalogue's: shared/ imports no service code)
+CONSOLE_CLI = "services.console.cli"
 
 
 def _offline_defaults() -> None:
@@ -34,19 +36,35 @@ def runnable_services() -> list[str]:
     return list(_catalogue.implemented_services())
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from shared.runner import run
+def _port_in_use(host: str, port: int) -> bool:
+    import socket
 
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does: TIME_WAIT leftovers are no obstacle
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from shared.config import get_settings
+    from shared.runner import run
+    from shared.services import get_spec
+
+    host = get_settings().grpc_bind_host
+    port = args.port if args.port is not None else get_spec(args.service).port
+    if port and _port_in_use(host, port):  # before loading anything: say so at once
+        raise CliError(f"cannot listen on {host}:{port}: the port is in use (is a {args.service} server already "
+                       "running?); stop it or pass --port 0 for any free port")
     try:
         return run(args.service, "grpc", port=args.port)
     except RuntimeError as exc:
         if "bind" not in str(exc).lower():
             raise
-        from shared.config import get_client_settings, get_settings
-
-        port = args.port if args.port is not None else get_client_settings().address(args.service).rsplit(":", 1)[1]
-        raise CliError(f"cannot listen on {get_settings().grpc_bind_host}:{port}: the port is in use (is a "
-                       f"{args.service} server already running?); stop it or pass --port 0 for any free port") from None
+        raise CliError(f"cannot listen on {host}:{port}: the port is in use (is a {args.service} server already "
+                       "running?); stop it or pass --port 0 for any free port") from None
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -113,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
+    importlib.import_module(CONSOLE_CLI).register(sub)  # the web console: a process, not a catalogue service
     _finish_subparsers(parser)
     return parser
 
@@ -183,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         # a mistyped flag: show the usage of the command it was given to, not the top level's
         (getattr(args, "_parser", None) or parser).error(f"unrecognized arguments: {' '.join(extra)}")
     json_out = bool(getattr(args, "json", False))
-    interactive = args.command not in ("serve", "worker")
+    interactive = args.command not in ("serve", "worker", "console")
     if interactive:
         # interactive commands: plain, quiet logs on stderr-free stdout; services keep JSON lines
         from shared.config import get_settings

@@ -58,7 +58,8 @@ def wait_until_serving(services: list[str], timeout_s: float = 1800.0, poll_s: f
                   "first run converts the bundled models, a few minutes)", file=out, flush=True)
         if pending:
             time.sleep(poll_s)
-    print(f"genstack up: the stack is ready: {len(services)} services SERVING after {time.monotonic() - started:.0f} s."
+    count = f"{len(services)} service{'' if len(services) == 1 else 's'}"
+    print(f"genstack up: the stack is ready: {count} SERVING after {time.monotonic() - started:.0f} s."
           " Try: GENSTACK_TRANSPORT=grpc genstack ask \"...\"", file=out, flush=True)
     return True
 
