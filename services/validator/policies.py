@@ -31,14 +31,25 @@ SHIPPED: tuple[Policy, ...] = (
     Policy(
         "rag-answer",
         "An answer generated from retrieved sources: bounded length, no looping repetition, citations to existing "
-        "sources, no personal data, every sentence grounded in the sources, no prompt injection in the request or "
-        "the sources.",
+        "sources, no personal data, every sentence grounded in the sources, a fact from a cited source that the "
+        "question does not already state (no restatement), no prompt injection in the request or the sources.",
         [
             CheckSpec("length", {"min_chars": 1, "max_chars": 8000}),
             CheckSpec("repetition", {}),
             CheckSpec("citations", {"required": True}),
             CheckSpec("pii", {}),
             CheckSpec("groundedness", {"threshold": 0.5}),
+            CheckSpec("answers_question", {}),
+            CheckSpec("prompt_injection", {"targets": ["request", "sources"]}),
+        ],
+    ),
+    Policy(
+        "rag-refusal",
+        "A RAG answer that says the sources lack the answer: short, and fails when one of the top sources holds "
+        "the question's key terms with a candidate answer; no prompt injection in the request or the sources.",
+        [
+            CheckSpec("length", {"min_chars": 1, "max_chars": 2000}),
+            CheckSpec("answers_question", {}),
             CheckSpec("prompt_injection", {"targets": ["request", "sources"]}),
         ],
     ),

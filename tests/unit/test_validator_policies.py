@@ -27,8 +27,9 @@ def validator() -> ValidatorCore:
     return ValidatorCore(ValidatorSettings(warm_up_models=False))
 
 
-def test_the_four_shipped_policies_are_listed(validator):
-    assert [p.name for p in SHIPPED] == ["rag-answer", "json-output", "image-default", "video-default"]
+def test_the_five_shipped_policies_are_listed(validator):
+    assert [p.name for p in SHIPPED] == ["rag-answer", "rag-refusal", "json-output", "image-default",
+                                         "video-default"]
     names = {p.name: p.origin for p in validator.policies()}
     assert all(names[p.name] == "shipped" for p in SHIPPED)
     for policy in SHIPPED:  # every shipped check and parameter is valid
@@ -40,7 +41,7 @@ def test_rag_answer_passes_a_grounded_cited_answer(validator):
     v = validator.validate(Artifact.of_text(GOOD), Context("How tall is it?", SOURCES), "rag-answer")
     assert v.passed and v.policy == "rag-answer" and v.feedback == ""
     assert [r.name for r in v.results] == ["length", "repetition", "citations", "pii", "groundedness",
-                                           "prompt_injection"]
+                                           "answers_question", "prompt_injection"]
 
 
 def test_rag_answer_feedback_lists_every_failed_check(validator):
@@ -113,7 +114,7 @@ def test_user_policies_from_yaml_extend_shipped_ones(tmp_path):
     short = by_name["short-answer"]
     assert short.origin == str(path)
     assert [c.key for c in short.checks] == ["length", "repetition", "citations", "pii", "groundedness",
-                                            "prompt_injection", "banned_terms"]
+                                            "answers_question", "prompt_injection", "banned_terms"]
     assert short.checks[0].params == {"max_chars": 80}
     assert by_name["strict-short"].checks[2].params == {"every_sentence": True}
     verdict = v.validate(Artifact.of_text(GOOD + " A revolutionary tower, really."), Context("q", SOURCES),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-FAMILIES = ("text", "pii", "grounding", "injection", "image", "video")
+FAMILIES = ("text", "pii", "grounding", "answers", "injection", "image", "video")
 
 
 def all_checks():
