@@ -3,13 +3,15 @@ with the next seed."""
 
 from __future__ import annotations
 
+import base64
+
 from genstack.image.v1 import image_pb2 as ipb
 from genstack.orchestrator.v1 import orchestrator_pb2 as opb
 from genstack.validator.v1 import validator_pb2 as vpb
 from services.orchestrator.kinds import JobKind, register
 from services.orchestrator.pipelines import Pipeline, RetryRule, StepDef
 from services.orchestrator.steps import slot, step, to_json
-from shared.errors import require
+from shared.errors import Cancelled, Unavailable, require
 
 IMAGES = slot("images", list)
 IMAGE_ATTEMPT = slot("image_attempt", int)
@@ -30,11 +32,38 @@ def generate_image(run, params: dict) -> None:
     if attempt > 1 and request.HasField("seed"):
         request.seed = request.seed + attempt - 1  # a retry explores the next seed
     with run.step("generate_image", "image", to_json(request), attempt=attempt) as rec:
-        response = run.client("image", "generate_image").generate_image(request, timeout=run.timeout())
+        response = _stream_image(run, request, attempt, params)
         rec.output = {"images": [{"seed": str(i.seed), "width": i.width, "height": i.height,
                                   "png_bytes": len(i.png), "artifact": i.artifact.uri} for i in response.images],
                       "metadata": to_json(response.metadata)}
     run.state[IMAGES] = list(response.images)
+
+
+def _stream_image(run, request: ipb.GenerateImageRequest, attempt: int, params: dict) -> ipb.GenerateImageResponse:
+    """The streaming RPC, so that watchers see progress: an `image.progress` event per denoising step,
+    with small PNG previews (base64) every `preview_every` steps (0: none)."""
+    every = int(params.get("preview_every", 2))
+    size = int(params.get("preview_size", 64))
+    stream = run.client("image", "generate_image").generate_image_stream(
+        ipb.GenerateImageStreamRequest(request=request, preview_every=every, preview_size=size), timeout=run.timeout())
+    response = None
+    try:
+        for msg in stream:
+            if run.cancelled():
+                raise Cancelled("job cancelled during image generation")
+            if msg.HasField("result"):
+                response = msg.result
+            else:
+                p = msg.progress
+                run.emit("image.progress", "generate_image", {
+                    "step": p.step, "total_steps": p.total_steps, "elapsed_ms": round(p.elapsed_ms, 1),
+                    "attempt": attempt, "previews": [base64.b64encode(png).decode() for png in p.previews]})
+    finally:
+        if response is None:
+            stream.cancel()
+    if response is None:
+        raise Unavailable("the image stream ended without a result")
+    return response
 
 
 @step("validate_image", reads=(IMAGES,), optional=(IMAGE_ATTEMPT,), provides=(IMAGE_VERDICTS, FEEDBACK),

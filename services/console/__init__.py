@@ -1,0 +1,1 @@
+"""The web console (`genstack console`): watch, submit and inspect jobs in a browser."""
