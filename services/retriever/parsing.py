@@ -4,6 +4,11 @@ The chunker works on `ParsedText.text` and the blocks (headings and paragraphs) 
 Offsets reported to users refer to the source: for plain text and Markdown the parsed text *is*
 the source; for HTML every character of the extracted text remembers where it came from in the
 HTML; for PDF the reference is the extracted text (pages joined by blank lines).
+
+HTML reference pages keep their definition structure: a definition term (`<dt>`, or a paragraph
+that is nothing but a short bold or code run, as in "<p><b>SQLITE_DEFAULT_PAGE_SIZE=N</b></p>
+<blockquote>...") becomes a minor heading (level TERM_LEVEL) under the page's headings, so the
+chunker keeps each term with its definition and the term names the chunk's section.
 """
 
 from __future__ import annotations
@@ -180,6 +185,12 @@ _BLOCK_TAGS = {
     "section", "summary", "table", "tbody", "thead", "tfoot", "tr", "ul",
 }
 _HEADINGS = {"h1": 1, "h2": 2, "h3": 3, "h4": 4, "h5": 5, "h6": 6}
+#: heading level given to definition terms (below every real heading)
+TERM_LEVEL = 7
+#: whether HTML definition terms become minor headings (a switch for side-by-side measurements)
+HTML_TERMS = True
+_TERM_MAX_CHARS = 160
+_EMPHASIS_TAGS = {"b", "strong", "code", "tt", "kbd", "samp"}
 _SKIP_TAGS = {"script", "style", "head", "noscript", "template", "svg", "iframe", "object"}
 _CELL_TAGS = {"td", "th"}
 _VOID_TAGS = {"br", "hr", "img", "input", "meta", "link", "area", "base", "col", "embed", "source", "track", "wbr"}
@@ -199,6 +210,11 @@ class _HtmlText(HTMLParser):
         self.skip_depth = 0
         self.pre_depth = 0
         self.pending_space = False
+        self.terms = HTML_TERMS
+        self.emphasis_depth = 0
+        # the current block is a <p> whose every character so far is inside an emphasis tag
+        self.all_emphasis = False
+        self.block_tag = ""
 
     def _pos(self) -> int:
         line, col = self.getpos()
@@ -211,11 +227,17 @@ class _HtmlText(HTMLParser):
             while end > self.block_start and self.chars[end - 1].isspace():
                 end -= 1
             if end > self.block_start:
-                title = "".join(self.chars[self.block_start:end]) if self.block_level else ""
-                self.blocks.append(Block(self.block_start, end, self.block_level, " ".join(title.split())))
+                level = self.block_level
+                if (self.terms and not level and self.block_tag == "p" and self.all_emphasis
+                        and end - self.block_start <= _TERM_MAX_CHARS):
+                    level = TERM_LEVEL  # a bold-only paragraph introduces the definition after it
+                title = "".join(self.chars[self.block_start:end]) if level else ""
+                self.blocks.append(Block(self.block_start, end, level, " ".join(title.split())))
         self.block_start = None
         self.block_level = heading_level
         self.pending_space = False
+        self.block_tag = ""
+        self.all_emphasis = False
 
     def _emit(self, text: str, pos: int, raw_len: int | None = None) -> None:
         """Append `text` found at source offset `pos`; an entity (raw_len given) maps wholly to its source."""
@@ -233,11 +255,14 @@ class _HtmlText(HTMLParser):
                     self.where.extend((at, at))
                     self.where_end.extend((at, at))
                 self.block_start = len(self.chars)
+                self.all_emphasis = self.emphasis_depth > 0
             elif self.pending_space:
                 self.chars.append(" ")
                 self.where.append(at)
                 self.where_end.append(at)
             self.pending_space = False
+            if self.emphasis_depth == 0:
+                self.all_emphasis = False
             self.chars.append(ch)
             self.where.append(at)
             self.where_end.append(at_end)
@@ -251,10 +276,15 @@ class _HtmlText(HTMLParser):
             return
         if tag in _HEADINGS:
             self._break(_HEADINGS[tag])
+        elif tag == "dt" and self.terms:
+            self._break(TERM_LEVEL)
         elif tag in _BLOCK_TAGS:
             self._break()
+            self.block_tag = tag
             if tag == "pre":
                 self.pre_depth += 1
+        elif tag in _EMPHASIS_TAGS:
+            self.emphasis_depth += 1
         elif tag == "br":
             self._emit_newline()
         elif tag in _CELL_TAGS:
@@ -283,6 +313,8 @@ class _HtmlText(HTMLParser):
             self._break()
             if tag == "pre":
                 self.pre_depth = max(0, self.pre_depth - 1)
+        elif tag in _EMPHASIS_TAGS:
+            self.emphasis_depth = max(0, self.emphasis_depth - 1)
 
     def handle_data(self, data):
         if not self.skip_depth:

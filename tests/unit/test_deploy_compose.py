@@ -152,7 +152,7 @@ def test_every_service_has_a_server_and_a_worker(compose, name):
 def test_no_container_for_an_unknown_service(compose):
     expected = {n for name in IMPLEMENTED for n in (name, f"{name}-worker")}
     assert set(_genstack(compose)) == expected
-    assert set(compose["services"]) - expected == {"redis", "weaviate"}
+    assert set(compose["services"]) - expected == {"redis", "weaviate", "console"}
 
 
 def test_dependencies_wait_on_health(compose):
@@ -239,3 +239,14 @@ def test_gpu_override_covers_every_implemented_gpu_service():
     override = yaml.safe_load(GPU_OVERRIDE.read_text())
     gpu = {n for n in IMPLEMENTED if SERVICES[n].gpu}
     assert set(override["services"]) == {c for n in gpu for c in (n, f"{n}-worker")}
+
+
+def test_console_runs_from_the_orchestrator_image_after_it(compose):
+    console = compose["services"]["console"]
+    assert console["image"] == compose["services"]["orchestrator"]["image"]
+    assert console["command"][:3] == ["python", "-m", "services.console"]
+    assert console["depends_on"] == {"orchestrator": {"condition": "service_healthy"}}
+    assert console["environment"]["GENSTACK_ORCHESTRATOR_ADDRESS"].startswith("orchestrator:")
+    assert console["read_only"] is True and console["cap_drop"] == ["ALL"]
+    # every process, console included, serves /metrics on the same port inside its container
+    assert {s["environment"]["GENSTACK_METRICS_PORT"] for s in _genstack(compose).values()} == {"9100"}

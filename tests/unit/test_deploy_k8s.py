@@ -25,11 +25,13 @@ import yaml
 from kubernetes_validate import utils as kv
 
 from deploy import generate_k8s, kustomize_lite
+from deploy.generate_k8s import METRICS_PORT
 from shared.services import SERVICES, implemented_services
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
 KEDA_SCHEMA = json.loads((REPO / "tests" / "data" / "keda-scaledobject.schema.json").read_text())
+SERVICEMONITOR_SCHEMA = json.loads((REPO / "tests" / "data" / "servicemonitor.schema.json").read_text())
 #: oldest Kubernetes we support (native gRPC probes are GA from 1.27) and the newest schemas shipped
 K8S_VERSIONS = ("1.27.0", kv.latest_version())
 NAMESPACE = "genstack"
@@ -88,8 +90,9 @@ def _by_kind(docs: list[dict], kind: str) -> dict[str, dict]:
 def _validate(doc: dict) -> list[str]:
     """Errors of one resource; a kind without a schema is an error too (nothing passes unchecked)."""
     name = f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
-    if doc.get("apiVersion", "").startswith("keda.sh/"):
-        validator = jsonschema.Draft202012Validator(KEDA_SCHEMA)
+    if doc.get("apiVersion", "").startswith(("keda.sh/", "monitoring.coreos.com/")):
+        schema = KEDA_SCHEMA if doc["apiVersion"].startswith("keda.sh/") else SERVICEMONITOR_SCHEMA
+        validator = jsonschema.Draft202012Validator(schema)
         return [f"{name}: {'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(doc)]
     errors = []
     for version in K8S_VERSIONS:
@@ -168,13 +171,14 @@ def test_every_service_has_server_worker_and_queue(rendered, name):
     server = deployments[name]
     c = server["spec"]["template"]["spec"]["containers"][0]
     assert _env(c)["SERVICE"] == name and _env(c)["ROLE"] == "grpc"
-    assert [p["containerPort"] for p in c["ports"]] == [spec.port]
+    assert [p["containerPort"] for p in c["ports"]] == [spec.port, METRICS_PORT]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert c[probe]["grpc"]["port"] == spec.port, f"{name} {probe} must ask grpc.health.v1 on {spec.port}"
 
     svc = _by_kind(docs, "Service")[name]
     assert svc["spec"]["selector"].items() <= server["spec"]["template"]["metadata"]["labels"].items()
-    assert [(p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [(spec.port, "grpc")]
+    assert [(p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [(spec.port, "grpc"),
+                                                                            (METRICS_PORT, "metrics")]
     # clients find it through GENSTACK_<SVC>_ADDRESS = the Service's DNS name and port
     assert config[f"GENSTACK_{name.upper()}_ADDRESS"] == f"{name}:{spec.port}"
 
@@ -187,7 +191,8 @@ def test_every_service_has_server_worker_and_queue(rendered, name):
     wc = worker["spec"]["template"]["spec"]["containers"][0]
     assert _env(wc)["SERVICE"] == name and _env(wc)["ROLE"] == "worker"
     assert worker["metadata"]["labels"]["genstack.dev/queue"] == spec.queue
-    assert "ports" not in wc
+    assert [(p["name"], p["containerPort"]) for p in wc["ports"]] == [("metrics", METRICS_PORT)]
+    assert config["GENSTACK_METRICS_PORT"] == str(METRICS_PORT)
 
     pdbs = _by_kind(docs, "PodDisruptionBudget")
     for deployment in (server, worker):
@@ -199,6 +204,8 @@ def test_every_service_has_server_worker_and_queue(rendered, name):
 def test_no_deployment_for_an_unknown_service(rendered):
     for target, docs in rendered.items():
         for d in _by_kind(docs, "Deployment").values():
+            if target == "base+console" and d["metadata"]["name"] == "console":
+                continue  # the web console: a process, not a catalogue service (test_console_component)
             service = d["metadata"]["labels"].get("genstack.dev/service")
             assert service in IMPLEMENTED, f"{target}: Deployment {d['metadata']['name']} is for no known service"
             assert d["metadata"]["name"] in (service, f"{service}-worker")
@@ -441,3 +448,50 @@ def test_pods_require_tokens_and_reach_redis_with_its_password(rendered):
     assert wenv["AUTHENTICATION_APIKEY_ALLOWED_KEYS"]["valueFrom"]["secretKeyRef"]["name"] == "genstack-weaviate"
     for so in _by_kind(docs, "ScaledObject").values():
         assert so["spec"]["triggers"][0]["metadata"]["passwordFromEnv"] == "REDIS_PASSWORD"
+
+
+# --- observability and the console ----------------------------------------------------------
+
+def test_monitoring_component_scrapes_every_genstack_process(rendered):
+    docs = rendered["base+monitoring"]
+    (monitor,) = _by_kind(docs, "ServiceMonitor").values()
+    endpoint = monitor["spec"]["endpoints"][0]
+    assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+
+    def matches(labels: dict) -> bool:
+        return all(labels.get(e["key"]) in e["values"] for e in monitor["spec"]["selector"]["matchExpressions"])
+
+    scraped = {svc["metadata"]["name"] for svc in _by_kind(docs, "Service").values()
+               if matches(svc["metadata"]["labels"]) and any(p["name"] == "metrics" for p in svc["spec"]["ports"])}
+    # every server and every worker, each through a Service with a metrics port
+    assert scraped == {*IMPLEMENTED, *(f"{n}-worker-metrics" for n in IMPLEMENTED)}
+    for name in IMPLEMENTED:
+        assert _by_kind(docs, "Service")[f"{name}-worker-metrics"]["spec"]["clusterIP"] == "None"
+    policy = _by_kind(docs, "NetworkPolicy")["metrics-ingress"]["spec"]
+    assert policy["ingress"][0]["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    assert policy["ingress"][0]["from"][0]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": generate_k8s.MONITORING_NAMESPACE}
+
+
+def test_servicemonitor_schema_rejects_a_misspelt_field(rendered):
+    monitor = copy.deepcopy(next(iter(_by_kind(rendered["base+monitoring"], "ServiceMonitor").values())))
+    monitor["spec"]["endpoints"][0]["intervall"] = "15s"
+    assert any("intervall" in e for e in _validate(monitor))
+
+
+def test_console_component_serves_the_page_next_to_the_orchestrator(rendered):
+    docs = rendered["base+console"]
+    console = _by_kind(docs, "Deployment")["console"]
+    c = console["spec"]["template"]["spec"]["containers"][0]
+    assert c["args"][:3] == ["python", "-m", "services.console"]
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http": generate_k8s.CONSOLE_PORT,
+                                                                  "metrics": METRICS_PORT}
+    assert c["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    config = _by_kind(docs, "ConfigMap")["genstack-config"]["data"]
+    assert config["GENSTACK_ORCHESTRATOR_ADDRESS"] == f"orchestrator:{SERVICES['orchestrator'].port}"
+    # no secret of its own: no token file, no auth volume (a person types a token into the page)
+    assert "GENSTACK_AUTH_TOKEN_FILE" not in {e["name"] for e in c.get("env", [])}
+    assert "auth" not in {v["name"] for v in console["spec"]["template"]["spec"]["volumes"]}
+    assert _by_kind(docs, "NetworkPolicy")["console-ingress"]["spec"]["ingress"] == [
+        {"ports": [{"port": "http", "protocol": "TCP"}]}]
