@@ -82,7 +82,7 @@ SERVICES: dict[str, ServiceSpec] = _catalogue(
     ServiceSpec("validator", 50054, "ValidatorService"),
     ServiceSpec("image", 50055, "ImageService", gpu=True),
     ServiceSpec("video", 50056, "VideoService", gpu=True, implemented=False),
-    ServiceSpec("agent", 50057, "AgentService", implemented=False,
+    ServiceSpec("agent", 50057, "AgentService",
                 calls=("retriever", "generator", "validator", "image", "video")),
 )
 
