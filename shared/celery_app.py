@@ -22,13 +22,14 @@ from typing import Any
 
 import redis
 from celery import Celery, Task
+from celery.worker.consumer import Consumer
 from celery.signals import setup_logging as celery_setup_logging
 from google.protobuf import json_format
 
 from shared import metrics, tracing
 from shared.auth import authenticate_task, identity_var
 from shared.config import Settings, get_settings
-from shared.errors import GenstackError, InvalidArgument
+from shared.errors import GenstackError, InvalidArgument, Unauthenticated
 from shared.logging import task_id_var
 from shared.rpc import CallContext, ServiceApi
 from shared.services import SERVICES
@@ -67,6 +68,7 @@ def make_celery(settings: Settings | None = None, name: str = "genstack") -> Cel
         broker_connection_retry_on_startup=True,
         task_routes={f"{name}.*": {"queue": spec.queue} for name, spec in SERVICES.items()},
         task_default_queue="default",
+        worker_consumer="shared.celery_app:GenstackConsumer",
     )
     return app
 
@@ -83,6 +85,31 @@ class AuthenticatedTask(Task):
             return super().__call__(*args, **kwargs)
         finally:
             identity_var.reset(reset)
+
+
+class GenstackConsumer(Consumer):
+    """A worker's message consumer that answers the messages it refuses (a serializer it does not
+    accept, a bad signature) by failing their task, so that the sender sees why instead of a task
+    that stays PENDING forever."""
+
+    def _answer_refusal(self, message, exc) -> None:
+        task_id = (message.headers or {}).get("id")
+        if not task_id:
+            return
+        why = Unauthenticated(f"the worker refused the task message ({type(exc).__name__}): send JSON"
+                              " (or a signed message where message signing is on)")
+        try:
+            self.app.backend.mark_as_failure(task_id, why)
+        except Exception:  # noqa: BLE001 - the refusal is still logged and the message dropped
+            log.exception("could not record the refusal of task %s", task_id)
+
+    def on_invalid_task(self, body, message, exc):  # a content type not accepted, a bad signature
+        self._answer_refusal(message, exc)
+        super().on_invalid_task(body, message, exc)
+
+    def on_decode_error(self, message, exc):  # a body that does not decode
+        self._answer_refusal(message, exc)
+        super().on_decode_error(message, exc)
 
 
 class TaskCallContext(CallContext):
