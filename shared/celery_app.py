@@ -22,8 +22,8 @@ from typing import Any
 
 import redis
 from celery import Celery, Task
-from celery.worker.consumer import Consumer
 from celery.signals import setup_logging as celery_setup_logging
+from celery.worker.consumer import Consumer
 from google.protobuf import json_format
 
 from shared import metrics, tracing
