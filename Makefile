@@ -50,6 +50,7 @@ lint: $(STAMP)
 
 bench: protos
 	$(BIN)/python bench/generator.py
+	$(BIN)/python bench/structured.py
 	$(BIN)/python bench/retriever.py
 	$(BIN)/python bench/validator.py
 	$(BIN)/python bench/orchestrator.py

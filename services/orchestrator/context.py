@@ -26,6 +26,8 @@ class Chunk:
     source: str
     text: str
     score: float
+    #: the chunk's heading path ("Limits > Maximum Number Of Columns"), shown to the model when asked
+    section: str = ""
 
 
 @functools.cache
@@ -73,29 +75,127 @@ def select_chunks(chunks: list[Chunk], budget_tokens: int) -> tuple[list[Chunk],
     return kept, dropped
 
 
-def render_sources(chunks: list[Chunk]) -> str:
-    return "\n".join(f"[{i}] {' '.join(c.text.split())}" for i, c in enumerate(chunks, 1))
+def render_sources(chunks: list[Chunk], sections: bool = False) -> str:
+    """Numbered sources; with `sections`, each prefixed by the last part of its heading path when the
+    text does not already start with it (a definition's term, a page's title)."""
+    lines = []
+    for i, c in enumerate(chunks, 1):
+        text = " ".join(c.text.split())
+        head = c.section.split(" > ")[-1].strip() if sections and c.section else ""
+        if head and not text.startswith(head):
+            text = f"({head}) {text}"
+        lines.append(f"[{i}] {text}")
+    return "\n".join(lines)
 
 
-def answer_messages(question: str, chunks: list[Chunk]) -> list[tuple[str, str]]:
-    user = f"Sources:\n{render_sources(chunks)}\nUsing the sources, answer: {question}"
-    return [("system", SYSTEM_PROMPT), ("user", user)]
+# Prompt styles, chosen per pipeline (the `style` parameter of build_context / generate_answer).
+#   sentences: the original: one or two complete sentences with citations.
+#   fact:      the fact first, in one short sentence, never a restatement of the question.
+#   extract:   copy the shortest span of one numbered source that answers, then its number.
+FACT_PROMPT = (
+    "You answer questions from numbered sources. Give the exact fact the question asks for (a name, a number, a "
+    "value, a version) first, in one short sentence, then the number of the source it comes from in square "
+    "brackets. Do not repeat the question. Cite only listed numbers. If no source states the fact, reply exactly: "
+    f"{NOT_IN_SOURCES}\n\n"
+    "Example.\nSources:\n[1] The Nile flows north through eleven countries into the Mediterranean Sea.\n"
+    "[2] Mount Kilimanjaro, 5895 metres high, is the highest mountain in Africa.\n"
+    "Question: How high is Mount Kilimanjaro?\nAnswer: 5895 metres [2]."
+)
+EXTRACT_PROMPT = (
+    "You answer questions by copying from numbered sources. Copy the shortest phrase of one source that answers "
+    "the question (a name, a number, a value, a version), then that source's number in square brackets. Copy it "
+    f"exactly; add nothing else. If no source states it, reply exactly: {NOT_IN_SOURCES}\n\n"
+    "Example.\nSources:\n[1] The Nile flows north through eleven countries into the Mediterranean Sea.\n"
+    "[2] Mount Kilimanjaro, 5895 metres high, is the highest mountain in Africa.\n"
+    "Question: How high is Mount Kilimanjaro?\nAnswer: 5895 metres [2]"
+)
+PROMPTS = {"sentences": SYSTEM_PROMPT, "fact": FACT_PROMPT, "extract": EXTRACT_PROMPT}
 
 
-def retry_messages(question: str, chunks: list[Chunk], answer: str, feedback: str) -> list[tuple[str, str]]:
-    """A fresh prompt with the rejected answer and the reviewer's feedback (small models follow a
-    single instruction better than a multi-turn correction)."""
+def system_prompt(style: str) -> str:
+    if style not in PROMPTS:
+        raise ValueError(f"unknown answer style {style!r}; known: {', '.join(PROMPTS)}")
+    return PROMPTS[style]
+
+
+def answer_messages(question: str, chunks: list[Chunk], style: str = "sentences",
+                    sections: bool = False) -> list[tuple[str, str]]:
+    if style == "sentences":
+        user = f"Sources:\n{render_sources(chunks, sections)}\nUsing the sources, answer: {question}"
+    else:
+        user = f"Sources:\n{render_sources(chunks, sections)}\nQuestion: {question}\nAnswer:"
+    return [("system", system_prompt(style)), ("user", user)]
+
+
+def retry_messages(question: str, chunks: list[Chunk], answer: str, feedback: str, style: str = "sentences",
+                   evidence: list[str] | None = None, sections: bool = False) -> list[tuple[str, str]]:
+    """A fresh prompt with the rejected answer, the reviewer's feedback and the passages the reviewer
+    pointed at (small models follow a single instruction better than a multi-turn correction)."""
+    hint = "".join(f"\nThe reviewer points at: {e.strip()[:500]}" for e in (evidence or [])[:2])
     user = (
-        f"Sources:\n{render_sources(chunks)}\nUsing the sources, answer: {question}\n\n"
-        f"An earlier answer was rejected: \"{answer.strip()[:600]}\"\nReviewer's feedback: {feedback.strip()}\n"
-        "Write a corrected answer in one or two sentences, ending each sentence with its source number like [1]."
+        f"Sources:\n{render_sources(chunks, sections)}\nQuestion: {question}\n\n"
+        f"An earlier answer was rejected: \"{answer.strip()[:400]}\"\nReviewer's feedback: {feedback.strip()}{hint}\n"
+        "Write the corrected answer: the fact first, in one short sentence, ending with its source number like [1]."
+        "\nAnswer:"
     )
-    return [("system", SYSTEM_PROMPT), ("user", user)]
+    return [("system", system_prompt(style)), ("user", user)]
+
+
+def sentence_choices(chunks: list[Chunk], limit: int = 200, max_chars: int = 400) -> list[str]:
+    """Every sentence of the numbered sources as "<sentence> [n]", plus the refusal: the values an
+    extractive answer is constrained to pick from (generator response_format choices)."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for i, c in enumerate(chunks, 1):
+        for sentence in re.split(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])|\n+", " ".join(c.text.split())):
+            sentence = sentence.strip()
+            if len(sentence) < 8 or sentence in seen:
+                continue
+            seen.add(sentence)
+            out.append(f"{sentence[:max_chars]} [{i}]")
+    return out[: limit - 1] + [NOT_IN_SOURCES]
+
+
+_REFUSAL = re.compile(
+    r"(do(?:es)? not (?:contain|include|mention|provide|specify|state)|not (?:in|found in|given in|stated in) "
+    r"the (?:sources|context)|no information (?:about|on)|cannot (?:find|answer|determine)|there is no information)",
+    re.IGNORECASE,
+)
 
 
 def is_refusal(answer: str) -> bool:
-    a = answer.lower()
-    return "do not contain the answer" in a or "not in the sources" in a or "does not contain the answer" in a
+    """The answer says the sources lack it, and says nothing else."""
+    return bool(_REFUSAL.search(answer)) and not _substance(answer)
+
+
+def _substance(answer: str) -> str:
+    """The answer without its refusal sentences."""
+    parts = [p for p in re.split(r"(?<=[.!?])\s+|\n+", answer.strip()) if p.strip()]
+    return " ".join(p for p in parts if not _REFUSAL.search(p)).strip()
+
+
+def tidy_answer(answer: str, max_sentences: int = 2) -> str:
+    """An answer as a user should see it: a refusal sentence tacked onto a real answer is dropped (an
+    answer is never 'the fact. The sources do not contain the answer.'), a leading 'Answer:' is
+    removed, and with max_sentences > 0 only the first sentences are kept (small models sometimes
+    paste the source after the answer)."""
+    text = re.sub(r"^\s*(answer\s*:\s*)", "", answer.strip(), flags=re.IGNORECASE)
+    if _REFUSAL.search(text):
+        rest = _substance(text)
+        if rest and len(_content_words(rest)) >= 1 and rest != text:
+            text = rest
+        elif not rest:
+            return text
+    if max_sentences > 0:
+        parts = [p for p in re.split(r"(?<=[.!?])\s+(?=[A-Z\[])|\n+", text) if p.strip()]
+        # a line that starts with "[n] " after the answer is the model echoing a numbered source
+        parts = parts[:1] + [p for p in parts[1:] if not re.match(r"\s*\[\d+\]\s+\S", p)]
+        keep = parts[:max_sentences]
+        # a citation that stood alone after the kept sentences stays with them
+        if len(parts) > len(keep) and _CITED.fullmatch(parts[len(keep)].strip().rstrip(".")):
+            keep.append(parts[len(keep)])
+        text = " ".join(p.strip() for p in keep)
+    return text
 
 
 def cited_numbers(answer: str) -> set[int]:

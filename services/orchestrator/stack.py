@@ -33,13 +33,30 @@ def plan(services: list[str] | None = None) -> list[tuple[str, list[str]]]:
     return procs
 
 
+def metrics_ports(labels: list[str]) -> dict[str, int]:
+    """Each process its own metrics port, counting up from GENSTACK_METRICS_PORT (none when it is
+    unset; 0 lets every process pick a free one, which it prints as `GENSTACK_METRICS`)."""
+    from shared.config import get_settings
+
+    base = get_settings().metrics_port
+    if base is None:
+        return {}
+    return {label: (base + i if base else 0) for i, label in enumerate(labels)}
+
+
 def run_stack(services: list[str] | None = None) -> int:
     from shared.readiness import report_readiness_in_background
 
     planned = plan(services)
     names = services or implemented_services()
     env = {**os.environ, "GENSTACK_TRANSPORT": os.environ.get("GENSTACK_TRANSPORT", "grpc")}
-    procs = [(label, subprocess.Popen(argv, env=env)) for label, argv in planned]
+    ports = metrics_ports([label for label, _ in planned])
+    procs = [(label, subprocess.Popen(argv, env={**env, **({"GENSTACK_METRICS_PORT": str(ports[label])}
+                                                          if label in ports else {})}))
+             for label, argv in planned]
+    if ports:
+        print("genstack up: metrics at " + ", ".join(f"{label} :{port}/metrics" for label, port in ports.items()),
+              flush=True)
     print(f"genstack up: {len(procs)} processes ({', '.join(names)}); Ctrl-C stops them", flush=True)
     stopping = threading.Event()
 

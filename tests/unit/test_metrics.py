@@ -257,3 +257,16 @@ def test_job_tracking_and_generation_helpers():
     before = _value("genstack_image_denoising_steps_total", {})
     metrics.observe_steps("image", 8, 2.0, 1)
     assert _value("genstack_image_denoising_steps_total", {}) == before + 8
+
+
+def test_up_gives_each_process_its_own_metrics_port(monkeypatch):
+    from services.orchestrator import stack
+    from shared.config import Settings
+
+    labels = [label for label, _ in stack.plan()]
+    monkeypatch.setattr("shared.config.get_settings", lambda: Settings(metrics_port=9300))
+    ports = stack.metrics_ports(labels)
+    assert sorted(ports.values()) == list(range(9300, 9300 + len(labels)))
+    assert set(ports) == set(labels) and {"orchestrator grpc", "orchestrator worker"} <= set(ports)
+    monkeypatch.setattr("shared.config.get_settings", lambda: Settings(metrics_port=None))
+    assert stack.metrics_ports(labels) == {}

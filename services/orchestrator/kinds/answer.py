@@ -1,5 +1,7 @@
 """The `answer` kind: retrieve, build a numbered context, generate a cited answer, attach the
-citations a small model left out, validate; re-ask with the validator's feedback."""
+citations a small model left out, validate (refusals too); re-ask with the validator's feedback and
+the passages it pointed at. Every attempt is kept; the result is the best one (a passing attempt,
+else the highest-scoring), never a concatenation of attempts."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from genstack.orchestrator.v1 import orchestrator_pb2 as opb
 from genstack.retriever.v1 import retriever_pb2 as rpb
 from genstack.validator.v1 import validator_pb2 as vpb
 from services.orchestrator import context as ctxmod
+from services.orchestrator import screening  # noqa: F401 - registers the screen_sources step
 from services.orchestrator.kinds import JobKind, register
 from services.orchestrator.kinds.generate import stream_generation
 from services.orchestrator.pipelines import Pipeline, RetryRule, StepDef
@@ -17,6 +20,9 @@ from shared.errors import require
 from shared.rpc import opt
 
 MAX_QUESTION_CHARS = 4000
+# The shipped pipeline's prompt style and answer shape (chosen on bench/answer_quality.py's tuning split).
+DEFAULT_STYLE = {"style": "fact"}
+DEFAULT_GENERATION = {"max_new_tokens": 64, "max_sentences": 2}
 
 CHUNKS = slot("chunks", list)
 SOURCES = slot("sources", list)
@@ -27,6 +33,7 @@ MODEL = slot("model", str)
 ANSWERED = slot("answered", bool)
 VERDICT = slot("verdict", (vpb.ValidateResponse, type(None)))
 FEEDBACK = slot("feedback", str)
+ATTEMPTS = slot("attempts", list)
 
 
 def validate(a: opb.AnswerInput, settings) -> None:
@@ -41,9 +48,12 @@ def validate(a: opb.AnswerInput, settings) -> None:
         require(0 <= a.alpha <= 1, "answer.alpha", "in [0, 1]", a.alpha)
 
 
-def max_new_tokens(run) -> int:
+def max_new_tokens(run, params: dict | None = None) -> int:
+    """The request's cap, else the pipeline's (short-answer styles need few tokens), else the setting."""
     s = run.job.request.answer.sampling
-    return s.max_new_tokens if s.HasField("max_new_tokens") else run.settings.answer_max_new_tokens
+    if s.HasField("max_new_tokens"):
+        return s.max_new_tokens
+    return int((params or {}).get("max_new_tokens") or run.settings.answer_max_new_tokens)
 
 
 @step("retrieve", provides=(CHUNKS,), input="answer")
@@ -64,7 +74,7 @@ def retrieve(run, params: dict) -> None:
         rec.output = to_json(response)
         rec.service_ms = response.took_ms
     run.state[CHUNKS] = [
-        ctxmod.Chunk(h.chunk_id, h.document_id, h.source or h.metadata.get("source", ""), h.text, h.score)
+        ctxmod.Chunk(h.chunk_id, h.document_id, h.source or h.metadata.get("source", ""), h.text, h.score, h.section)
         for h in response.hits
     ]
 
@@ -74,10 +84,12 @@ def build_context(run, params: dict) -> None:
     s = run.settings
     question = run.job.request.answer.question
     with run.step("build_context", "", {"chunks": len(run.state[CHUNKS]), "budget_tokens": s.context_tokens}) as rec:
-        prompt_cost = ctxmod.count_tokens(ctxmod.SYSTEM_PROMPT) + ctxmod.count_tokens(question) + 33
-        budget = max(0, params.get("context_tokens", s.context_tokens) - prompt_cost - max_new_tokens(run))
+        style = params.get("style", "sentences")
+        prompt_cost = ctxmod.count_tokens(ctxmod.system_prompt(style)) + ctxmod.count_tokens(question) + 33
+        budget = max(0, params.get("context_tokens", s.context_tokens) - prompt_cost - max_new_tokens(run, params))
         kept, dropped = ctxmod.select_chunks(run.state[CHUNKS], budget)
-        messages = ctxmod.answer_messages(question, kept)
+        kept = kept[: params.get("max_sources", len(kept))]
+        messages = ctxmod.answer_messages(question, kept, style, bool(params.get("sections", False)))
         rec.output = {
             "budget_tokens": budget,
             "kept": [c.chunk_id for c in kept],
@@ -87,9 +99,21 @@ def build_context(run, params: dict) -> None:
     run.state.update(sources=kept, messages=messages)
 
 
-@step("generate_answer", reads=(SOURCES, MESSAGES), optional=(FEEDBACK,),
+def _evidence(verdict) -> list[str]:
+    """The source passages a failed verdict pointed at (candidate answers), for the retry prompt."""
+    if verdict is None:
+        return []
+    return [e.text for r in verdict.results if not r.passed for e in r.evidence
+            if e.kind == "candidate_answer" and e.text]
+
+
+@step("generate_answer", reads=(SOURCES, MESSAGES), optional=(FEEDBACK, VERDICT),
       provides=(ATTEMPT, ANSWER, MODEL, ANSWERED), input="answer")
 def generate_answer(run, params: dict) -> None:
+    """Params: style (prompt style, see context.PROMPTS), max_new_tokens, max_sentences (answer kept to
+    its first sentences; 0 keeps all), pick_sentence (constrain the output to one source sentence and
+    its number, or the refusal), models (the cascade when the request names none) and, for tests
+    and demonstrations only, scripted_answers: texts used instead of the model for the first attempts."""
     a = run.job.request.answer
     attempt = run.state.get(ATTEMPT, 0) + 1
     run.state[ATTEMPT] = attempt
@@ -100,23 +124,42 @@ def generate_answer(run, params: dict) -> None:
         metrics.ESCALATIONS.labels("answer", previous or "-", model or "-").inc()
         run.emit("cascade.escalated", "generate_answer", {"from_model": previous, "to_model": model,
                                                           "attempt": attempt})
+    style = params.get("style", "sentences")
     messages = run.state[MESSAGES]
     if attempt > 1 and run.state.get(FEEDBACK):
-        messages = ctxmod.retry_messages(a.question, run.state[SOURCES], run.state[ANSWER], run.state[FEEDBACK])
+        messages = ctxmod.retry_messages(a.question, run.state[SOURCES], run.state[ANSWER], run.state[FEEDBACK],
+                                         style, _evidence(run.state.get(VERDICT)), bool(params.get("sections")))
     if not run.state[SOURCES]:
         with run.step("generate_answer", "", {"reason": "no sources retrieved"}, attempt=attempt) as rec:
             rec.status = "skipped"
             rec.output = {"text": ctxmod.NOT_IN_SOURCES}
         run.state.update(answer=ctxmod.NOT_IN_SOURCES, model="", answered=False)
         return
-    sampling = gpb.SamplingParams(max_new_tokens=max_new_tokens(run), temperature=0.0)
+    scripted = list(params.get("scripted_answers") or [])
+    if attempt <= len(scripted):
+        with run.step("generate_answer", "", {"scripted": True, "messages": [list(m) for m in messages]},
+                      attempt=attempt) as rec:
+            rec.status = "scripted"
+            rec.output = {"text": scripted[attempt - 1]}
+        text = scripted[attempt - 1]
+        run.state.update(answer=text, model="scripted", answered=not ctxmod.is_refusal(text))
+        return
+    sampling = gpb.SamplingParams(max_new_tokens=max_new_tokens(run, params), temperature=0.0)
     sampling.MergeFrom(a.sampling)
     request = gpb.GenerateStreamRequest(
         model=model, messages=[gpb.ChatMessage(role=r, content=c) for r, c in messages], sampling=sampling
     )
+    if params.get("pick_sentence"):
+        # extractive by construction: the output can only be one source sentence with its number, or the refusal
+        choices = ctxmod.sentence_choices(run.state[SOURCES])
+        request.response_format.choices.values.extend(choices)
+        request.sampling.max_new_tokens = max(request.sampling.max_new_tokens, 160)
     with run.step("generate_answer", "generator", to_json(request), attempt=attempt) as rec:
-        text, final = stream_generation(run, "generate_answer", request, rec, attempt)
-    run.state.update(answer=text.strip(), model=final.model, answered=not ctxmod.is_refusal(text))
+        raw, final = stream_generation(run, "generate_answer", request, rec, attempt)
+        text = ctxmod.tidy_answer(raw, int(params.get("max_sentences", 0)))
+        if text != raw.strip():
+            rec.output["tidied"] = text
+    run.state.update(answer=text, model=final.model, answered=not ctxmod.is_refusal(text))
 
 
 @step("cite_answer", reads=(ANSWER, SOURCES), optional=(ATTEMPT, ANSWERED), provides=(ANSWER,), input="answer")
@@ -137,16 +180,26 @@ def cite_answer(run, params: dict) -> None:
         run.emit("answer.cited", "cite_answer", {"answer": cited, "added": added, "attempt": attempt})
 
 
-@step("validate_answer", reads=(ANSWER, SOURCES), optional=(ATTEMPT, ANSWERED), provides=(VERDICT, FEEDBACK),
-      input="answer")
+@step("validate_answer", reads=(ANSWER, SOURCES), optional=(ATTEMPT, ANSWERED, MODEL),
+      provides=(VERDICT, FEEDBACK, ATTEMPTS), input="answer")
 def validate_answer(run, params: dict) -> str | None:
+    """Validate the answer with `policy`, a refusal with `refusal_policy` (empty: refusals pass
+    unchecked); every attempt is appended to the attempts slot with its verdict."""
     a = run.job.request.answer
     attempt = run.state.get(ATTEMPT, 1)
-    if not run.state.get(ANSWERED, True):
-        # An honest "not in the sources" needs no citations; nothing to ground.
-        with run.step("validate_answer", "", {"reason": "answer says the sources lack it"}, attempt=attempt) as rec:
+    answered = run.state.get(ANSWERED, True)
+    attempts = list(run.state.get(ATTEMPTS) or [])
+    record = {"attempt": attempt, "answer": run.state[ANSWER], "model": run.state.get(MODEL, ""),
+              "answered": answered, "passed": True, "score": 1.0, "feedback": "", "verdict": None}
+    # the request's policy, when it names one, judges every attempt; else answers and refusals each get theirs
+    policy = a.policy or (params.get("policy", "rag-answer") if answered else params.get("refusal_policy",
+                                                                                         "rag-refusal"))
+    if not run.state[SOURCES] or not policy:
+        # Nothing retrieved: "not in the sources" is the honest answer and there is nothing to check it against.
+        with run.step("validate_answer", "", {"reason": "no sources retrieved" if not run.state[SOURCES] else
+                                              "refusals are not checked by this pipeline"}, attempt=attempt) as rec:
             rec.status = "skipped"
-        run.state[VERDICT] = None
+        run.state.update(verdict=None, attempts=attempts + [record])
         return None
     request = vpb.ValidateRequest(
         artifact=vpb.Artifact(text=run.state[ANSWER]),
@@ -154,32 +207,51 @@ def validate_answer(run, params: dict) -> str | None:
             request=a.question,
             sources=[vpb.Source(id=str(i), text=c.text) for i, c in enumerate(run.state[SOURCES], 1)],
         ),
-        policy=a.policy or params.get("policy", "rag-answer"),
+        policy=policy,
     )
     with run.step("validate_answer", "validator", to_json(request), attempt=attempt) as rec:
         verdict = run.client("validator", "validate_answer").validate(request, timeout=run.timeout())
         rec.output = to_json(verdict)
         rec.service_ms = verdict.duration_ms
-    run.state.update(verdict=verdict, feedback=verdict.feedback)
+    record.update(passed=verdict.passed, score=verdict.score, feedback=verdict.feedback, verdict=verdict)
+    run.state.update(verdict=verdict, feedback=verdict.feedback, attempts=attempts + [record])
     run.emit("validate.verdict", "validate_answer", {"passed": verdict.passed, "score": verdict.score,
-                                                     "feedback": verdict.feedback, "attempt": attempt})
+                                                     "feedback": verdict.feedback, "attempt": attempt,
+                                                     "refusal": not answered})
     return None if verdict.passed else "failed"
 
 
+def best_attempt(attempts: list[dict]) -> dict | None:
+    """The attempt to report: the first that passed, else the highest score (an answer before a
+    refusal when tied, then the later attempt, which had the feedback and perhaps a larger model).
+    Never a mix of attempts."""
+    if not attempts:
+        return None
+    passing = [t for t in attempts if t["passed"]]
+    if passing:
+        return passing[0]
+    return max(attempts, key=lambda t: (t["score"], t["answered"], t["attempt"]))
+
+
 def fill_result(job: opb.Job, state) -> None:
-    answer = state.get(ANSWER, "")
+    chosen = best_attempt(state.get(ATTEMPTS) or [])
+    if chosen is None:
+        answer, model, answered, verdict = (state.get(ANSWER, ""), state.get(MODEL, ""), state.get(ANSWERED, False),
+                                            state.get(VERDICT))
+    else:
+        answer, model, answered, verdict = chosen["answer"], chosen["model"], chosen["answered"], chosen["verdict"]
     cited = ctxmod.cited_numbers(answer)
     result = opb.AnswerResult(
-        answer=answer, model=state.get(MODEL, ""), attempts=state.get(ATTEMPT, 0),
-        answered=state.get(ANSWERED, False),
+        answer=answer, model=model, attempts=state.get(ATTEMPT, 0),
+        answered=answered,
         citations=[
             opb.Citation(index=i, chunk_id=c.chunk_id, document_id=c.document_id, source=c.source,
                          text=c.text, score=c.score, cited=i in cited)
             for i, c in enumerate(state.get(SOURCES, []), 1)
         ],
     )
-    if state.get(VERDICT) is not None:
-        result.verdict.CopyFrom(state.get(VERDICT))
+    if verdict is not None:
+        result.verdict.CopyFrom(verdict)
     job.answer.CopyFrom(result)
 
 
@@ -191,15 +263,18 @@ register(JobKind(
     pipelines={
         "answer": Pipeline(
             kind="answer",
-            description="RAG: retrieve, build a numbered context, generate a cited answer, attach citations the "
-            "model left out where one source clearly supports a sentence, validate; re-ask with the validator's "
-            "feedback (escalating along the model cascade) until it passes or retries run out",
+            description="RAG: retrieve, build a numbered context, generate the fact first in a short cited answer, "
+            "attach citations the model left out where one source clearly supports a sentence, validate (a "
+            "restatement fails; a refusal fails when a top source holds the answer); re-ask with the validator's "
+            "feedback and the passage it points at (escalating along the model cascade) until it passes or retries "
+            "run out; the result is the best attempt",
             steps=[
                 StepDef(name="retrieve"),
-                StepDef(name="build_context"),
-                StepDef(name="generate_answer"),
+                StepDef(name="screen_sources", params={"on_injection": "drop"}),
+                StepDef(name="build_context", params=dict(DEFAULT_STYLE)),
+                StepDef(name="generate_answer", params={**DEFAULT_STYLE, **DEFAULT_GENERATION}),
                 StepDef(name="cite_answer", params={"min_support": 0.6}),
-                StepDef(name="validate_answer", params={"policy": "rag-answer"}),
+                StepDef(name="validate_answer", params={"policy": "rag-answer", "refusal_policy": "rag-refusal"}),
             ],
             retry=RetryRule(on="validate_answer", restart_at="generate_answer", max_retries=2),
         ),
