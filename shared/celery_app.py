@@ -29,7 +29,7 @@ from google.protobuf import json_format
 from shared import metrics, tracing
 from shared.auth import authenticate_task, identity_var
 from shared.config import Settings, get_settings
-from shared.errors import GenstackError, InvalidArgument, Unauthenticated
+from shared.errors import GenstackError, InvalidArgument, Unauthenticated, require, translate
 from shared.logging import task_id_var
 from shared.rpc import CallContext, ServiceApi
 from shared.services import SERVICES
@@ -66,6 +66,15 @@ def make_celery(settings: Settings | None = None, name: str = "genstack") -> Cel
         result_extended=True,
         result_expires=settings.stream_ttl_s,
         broker_connection_retry_on_startup=True,
+        # At least once: a task whose worker died is delivered again after the visibility timeout,
+        # which must outlast the longest task (tasks refuse deadlines beyond task_max_deadline_s).
+        # The sweep that restores such tasks runs every few seconds, not every 100 s (kombu's default).
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_s,
+            "unacked_restore_interval": max(1, min(10, int(settings.visibility_timeout_s // 4))),
+            "unacked_restore_throttle": 1,
+        },
+        result_backend_transport_options={"retry_policy": {"timeout": 5.0}},
         task_routes={f"{name}.*": {"queue": spec.queue} for name, spec in SERVICES.items()},
         task_default_queue="default",
         worker_consumer="shared.celery_app:GenstackConsumer",
@@ -161,6 +170,7 @@ def register_tasks(
         def run(self: Task, payload: dict | None = None, deadline_s: float | None = None, _m=method):
             task_id = self.request.id
             task_id_var.set(task_id)
+            check_task_deadline(deadline_s, settings)
             request = parse_payload(payload, _m.request_type)
             ctx = TaskCallContext(rds, task_id, deadline_s)
             impl = getattr(get_api(), _m.name)
@@ -192,16 +202,29 @@ def register_tasks(
     return tasks
 
 
+def check_task_deadline(deadline_s: float | None, settings: Settings | None = None, field: str = "deadline_s") -> None:
+    """A task's deadline must end before its visibility timeout, or a slow task is delivered twice."""
+    if deadline_s is None:
+        return
+    cap = (settings or get_settings()).task_max_deadline_s
+    require(deadline_s == deadline_s and 0 <= deadline_s <= cap, field,
+            f"between 0 and {cap:g} seconds for a queued task (GENSTACK_TASK_MAX_DEADLINE_S)", deadline_s)
+
+
 def with_retry(fn):
-    """Retry only retryable (UNAVAILABLE-like) errors, with backoff; everything else fails once."""
+    """Retry only retryable (UNAVAILABLE-like) errors, with backoff; everything else fails once.
+    Foreign exceptions are translated first (an unreachable Redis is UNAVAILABLE)."""
 
     def wrapper(self: Task, *args, **kwargs):
         try:
             return fn(self, *args, **kwargs)
-        except GenstackError as exc:
+        except Exception as raw:
+            exc = translate(raw)
             if exc.retryable and self.request.retries < 3:
-                raise self.retry(exc=exc, countdown=2 ** self.request.retries) from exc
-            raise
+                raise self.retry(exc=exc, countdown=2 ** self.request.retries) from raw
+            if exc is raw:
+                raise
+            raise exc from raw
 
     wrapper.__name__ = fn.__name__
     return wrapper

@@ -19,7 +19,16 @@ from google.protobuf import json_format
 from shared import tracing
 from shared.auth import acting_for_var, call_metadata, channel_credentials, get_tls_settings, task_auth_kwargs
 from shared.config import Settings, Transport, get_client_settings, get_settings
-from shared.errors import Cancelled, DeadlineExceeded, GenstackError, Internal, Unavailable, from_name, from_status
+from shared.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    GenstackError,
+    Internal,
+    Unavailable,
+    from_name,
+    from_status,
+    translate,
+)
 from shared.rpc import CallContext, Method, ServiceApi, methods_of
 from shared.services import get_spec, load
 
@@ -136,8 +145,8 @@ class ServiceClient:
             except grpc.RpcError as exc:
                 raise _from_rpc_error(exc) from None
         if self.transport == "celery":
-            result = self._send(m, request, timeout)
             try:
+                result = self._send(m, request, timeout)
                 doc = result.get(timeout=timeout, propagate=True)
             except GenstackError:
                 raise
@@ -145,7 +154,12 @@ class ServiceClient:
                 raise from_celery_error(exc, timeout) from None
             return json_format.ParseDict(doc, m.response_type(), ignore_unknown_fields=True)
         ctx = CallContext.with_timeout(timeout)
-        return getattr(self._inproc(), m.name)(request, ctx)
+        try:
+            return getattr(self._inproc(), m.name)(request, ctx)
+        except GenstackError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the same statuses as over gRPC
+            raise translate(exc) from exc
 
     def stream(self, method: str, request: Any, timeout: float | None = None) -> Stream:
         m = self.methods[method]
@@ -162,13 +176,22 @@ class ServiceClient:
 
             return Stream(grpc_iter(), getattr(call, "cancel", None) or _closer(call))
         if self.transport == "celery":
-            return self._celery_stream(m, request, timeout)
+            try:
+                return self._celery_stream(m, request, timeout)
+            except GenstackError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - broker down
+                raise from_celery_error(exc, timeout) from None
         ctx = CallContext.with_timeout(timeout)
         inner = getattr(self._inproc(), m.name)(request, ctx)
 
         def inproc_iter():
             try:
                 yield from inner
+            except GenstackError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the same statuses as over gRPC
+                raise translate(exc) from exc
             finally:
                 inner.close()
 
@@ -279,7 +302,7 @@ def from_celery_error(exc: BaseException, timeout: float) -> GenstackError:
         return DeadlineExceeded(f"no result within {timeout:.1f}s")
     name = type(exc).__name__
     message = str(exc.args[0]) if exc.args else str(exc)
-    if name in ("ConnectionError", "OperationalError"):
+    if name in ("ConnectionError", "OperationalError") or translate(exc).retryable:
         return Unavailable(f"broker unreachable: {message}")
     err = from_name(name, message)
     return err if not isinstance(err, Internal) or name == "Internal" else Internal(f"{name}: {message}")

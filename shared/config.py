@@ -51,6 +51,18 @@ class Settings(BaseSettings):
         None, description="Serve Prometheus metrics on this port at /metrics (unset: off; 0: any free port; "
         "`genstack up` gives each process its own port from here on)"
     )
+    task_max_deadline_s: float = Field(
+        900.0, gt=0, description="Longest deadline a queued (Celery) task may carry; a longer one is refused, so "
+        "that the visibility timeout below always outlasts a running task"
+    )
+    celery_visibility_timeout_s: float | None = Field(
+        None, description="Seconds after which a task taken by a worker that died is delivered again (Redis "
+        "broker); unset: task_max_deadline_s + 60. Shorter than a task's run time means it runs twice"
+    )
+
+    @property
+    def visibility_timeout_s(self) -> float:
+        return self.celery_visibility_timeout_s or self.task_max_deadline_s + 60.0
 
     @property
     def celery_broker(self) -> str:

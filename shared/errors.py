@@ -104,6 +104,38 @@ _BY_CODE: dict[grpc.StatusCode, type[GenstackError]] = {
 _BY_NAME: dict[str, type[GenstackError]] = {cls.__name__: cls for cls in _BY_CODE.values()}
 
 
+def translate(exc: BaseException) -> GenstackError:
+    """Any exception as our error: ours unchanged; an unreachable Redis or broker (redis'
+    ConnectionError/TimeoutError, kombu's OperationalError) as UNAVAILABLE, which clients retry;
+    RecursionError (input nested too deeply for a parser) as INVALID_ARGUMENT; anything else
+    INTERNAL. The one place where foreign exceptions get a status."""
+    if isinstance(exc, GenstackError):
+        return exc
+    if _is_store_outage(exc):
+        return Unavailable(f"a dependency is unreachable ({type(exc).__name__}: {_first_line(exc)}); retry later")
+    if isinstance(exc, RecursionError):
+        return InvalidArgument("the input is nested too deeply to process")
+    return Internal(f"{type(exc).__name__}: {_first_line(exc)}")
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [""])[0][:200]
+
+
+def _is_store_outage(exc: BaseException) -> bool:
+    try:
+        import redis
+    except ImportError:  # pragma: no cover - redis is a core dependency
+        return False
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        return True
+    try:
+        from kombu.exceptions import OperationalError
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(exc, OperationalError)
+
+
 def from_status(code: grpc.StatusCode, message: str) -> GenstackError:
     """Turn a gRPC status received by a client back into the matching exception."""
     return _BY_CODE.get(code, Internal)(message)

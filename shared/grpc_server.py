@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from shared import metrics, tracing
 from shared.auth import identity_var, server_credentials, server_interceptors
 from shared.config import Settings, get_settings
-from shared.errors import GenstackError
+from shared.errors import translate
 from shared.logging import request_id_var
 from shared.rpc import CallContext, ServiceApi
 
@@ -24,27 +24,57 @@ log = logging.getLogger(__name__)
 
 
 def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
-    """The one place where exceptions become gRPC statuses."""
-    if isinstance(exc, GenstackError):
-        if exc.code == grpc.StatusCode.INTERNAL:
-            log.error("internal error", exc_info=exc)
-            context.abort(grpc.StatusCode.INTERNAL, "internal error (see server log)")
-        context.abort(exc.code, exc.message)
-    log.error("unhandled error", exc_info=exc)
-    context.abort(grpc.StatusCode.INTERNAL, "internal error (see server log)")
+    """The one place where exceptions become gRPC statuses (via shared.errors.translate)."""
+    err = translate(exc)
+    if err.code == grpc.StatusCode.INTERNAL:
+        log.error("internal error", exc_info=exc)
+        context.abort(grpc.StatusCode.INTERNAL, "internal error (see server log)")
+    if err is not exc:
+        log.warning("request failed: %s", err.message, exc_info=exc)
+    context.abort(err.code, err.message)
+
+
+class _Undecodable:
+    """Stands in for a request whose bytes did not parse (grpcio itself would answer INTERNAL)."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+def _tolerant(deserializer):
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes):
+        try:
+            return deserializer(data)
+        except Exception as exc:  # noqa: BLE001 - answered as INVALID_ARGUMENT by the handler
+            return _Undecodable(exc)
+
+    return parse
+
+
+def _refuse_undecodable(request, context, method: str) -> None:
+    if isinstance(request, _Undecodable):
+        why = type(request.error).__name__
+        message = f"the request bytes do not parse as a request of {method} ({why})"
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
 class ErrorInterceptor(grpc.ServerInterceptor):
-    """Maps GenstackError (and anything unexpected) to a status, for unary and streaming RPCs."""
+    """Maps GenstackError (and anything unexpected) to a status, for unary and streaming RPCs;
+    request bytes that do not parse become INVALID_ARGUMENT (grpcio's own answer is INTERNAL)."""
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
+        method = handler_call_details.method
         if handler.unary_unary:
             inner = handler.unary_unary
 
             def unary(request, context):
+                _refuse_undecodable(request, context, method)
                 try:
                     return inner(request, context)
                 except Exception as exc:  # noqa: BLE001 - mapped, not swallowed
@@ -53,12 +83,13 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                     _abort(context, exc)
 
             return grpc.unary_unary_rpc_method_handler(
-                unary, handler.request_deserializer, handler.response_serializer
+                unary, _tolerant(handler.request_deserializer), handler.response_serializer
             )
         if handler.unary_stream:
             inner_stream = handler.unary_stream
 
             def stream(request, context):
+                _refuse_undecodable(request, context, method)
                 try:
                     yield from inner_stream(request, context)
                 except Exception as exc:  # noqa: BLE001
@@ -67,7 +98,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                     _abort(context, exc)
 
             return grpc.unary_stream_rpc_method_handler(
-                stream, handler.request_deserializer, handler.response_serializer
+                stream, _tolerant(handler.request_deserializer), handler.response_serializer
             )
         return handler
 

@@ -34,3 +34,44 @@ class OrchestratorSettings(ServiceSettings):
     answer_max_new_tokens: int = Field(160, description="Answer length cap in tokens")
     context_tokens: int = Field(1536, description="Token budget for prompt + sources + answer in answer jobs")
     pipelines_file: str = Field("", description="YAML/JSON file with extra or overriding pipeline definitions")
+    # -- durability (docs/reliability.md) --
+    lease_s: float = Field(
+        30.0, gt=0, description="Lease on a job held (and renewed every third of it) by the process running it; a "
+        "job whose lease lapsed (its orchestrator died) is resumed or ended by another orchestrator"
+    )
+    recovery_interval_s: float = Field(
+        10.0, gt=0, description="How often an orchestrator looks for jobs whose lease lapsed (also once at start-up)"
+    )
+    recover: bool = Field(True, description="Whether this process takes over orphaned jobs (servers and workers)")
+    drain_s: float = Field(
+        25.0, ge=0, description="On shutdown, how long running jobs may finish before their leases are left to lapse "
+        "(queued jobs are handed back at once)"
+    )
+    store_outage_s: float = Field(
+        60.0, gt=0, description="How long job-store writes are retried while Redis is unreachable before the job fails"
+    )
+    call_retries: int = Field(
+        6, ge=0, le=20, description="Retries of a service call that failed with UNAVAILABLE (or a single call's "
+        "DEADLINE_EXCEEDED), inside the job's deadline"
+    )
+    retry_initial_backoff_s: float = Field(0.2, gt=0, description="First backoff before a retried call (doubles)")
+    retry_max_backoff_s: float = Field(3.0, gt=0, description="Longest backoff between retried calls")
+    # -- limits at the edge --
+    max_text_chars: int = Field(
+        200_000, gt=0, description="Longest prompt (generate.prompt, all generate.messages together) or question "
+        "a job accepts, in characters; checked before anything is stored"
+    )
+    max_request_bytes: int = Field(
+        64 * 1024 * 1024, gt=0, description="Largest SubmitJobRequest (ingest documents included)"
+    )
+    record_inline_bytes: int = Field(
+        256 * 1024, gt=0, description="Requests larger than this are stored once as an artifact and referenced from "
+        "the job record, which keeps a copy without the large fields"
+    )
+    max_step_json_chars: int = Field(
+        64 * 1024, gt=0, description="Longest step input/output JSON kept in a record (longer ones are summarised)"
+    )
+    list_response_bytes: int = Field(
+        4 * 1024 * 1024, gt=0, description="ListJobs stops adding jobs to a page past this size (next_page_token "
+        "continues)"
+    )

@@ -36,6 +36,9 @@ class StepSpec:
     provides: tuple[str, ...] = ()
     #: the SubmitJobRequest input it reads ("answer", ...); None: it works for any kind
     input: str | None = None
+    #: whether running it a second time is harmless (a job resumed after its orchestrator died
+    #: reruns the step that was interrupted); False: such a job fails instead
+    rerun_safe: bool = True
 
 
 STEPS: dict[str, StepSpec] = {}
@@ -52,12 +55,13 @@ def slot(name: str, type_: type | tuple[type, ...]) -> str:
 
 
 def step(name: str, *, reads: tuple[str, ...] = (), optional: tuple[str, ...] = (),
-         provides: tuple[str, ...] = (), input: str | None = None):  # noqa: A002 - the job input's name
+         provides: tuple[str, ...] = (), input: str | None = None,  # noqa: A002 - the job input's name
+         rerun_safe: bool = True):
     def register(fn: StepFn) -> StepFn:
         for s in (*reads, *optional, *provides):
             if s not in SLOTS:
                 raise ValueError(f"step {name!r} names undeclared slot {s!r}")
-        STEPS[name] = StepSpec(name, fn, tuple(reads), tuple(optional), tuple(provides), input)
+        STEPS[name] = StepSpec(name, fn, tuple(reads), tuple(optional), tuple(provides), input, rerun_safe)
         return fn
 
     return register

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import queue
+import re
 import sqlite3
 import threading
 import time
@@ -22,11 +23,26 @@ from pathlib import Path
 import redis
 import tenacity
 
-from shared.errors import Unavailable
+from shared.errors import InvalidArgument, Unavailable
 
 log = logging.getLogger(__name__)
 
 TERMINAL_EVENTS = frozenset({"job.succeeded", "job.failed", "job.cancelled"})
+#: JobState values of jobs that are not finished (QUEUED, RUNNING)
+OPEN_STATES = frozenset({1, 2})
+#: the shape of an event id every store accepts as `after` (Redis stream ids; plain counters)
+_EVENT_ID = re.compile(r"[0-9]{1,19}(-[0-9]{1,19})?")
+
+
+def check_event_id(after: str) -> None:
+    """INVALID_ARGUMENT naming `after_event_id` unless it has the shape of an event id."""
+    if after and not _EVENT_ID.fullmatch(after):
+        raise InvalidArgument("must be an event id from this job's events (digits, or digits-digits), or empty",
+                              field="after_event_id")
+
+
+def _counter(after: str) -> int:
+    return int(after.partition("-")[0] or 0) if after else 0
 
 
 @dataclass
@@ -40,10 +56,48 @@ class StoredEvent:
 
 
 class JobStore:
-    """Interface shared by both stores."""
+    """Interface shared by every store.
 
-    def create(self, job_id: str, record: dict, kind: str, state: int, idempotency_key: str) -> tuple[str, bool]:
-        """Store a new job; with a key already used, return (existing id, False)."""
+    Leases: the process running a job (or holding it queued) owns its lease and renews it; a job
+    that is not finished and whose lease has lapsed is an orphan, which `orphans()` lists and any
+    orchestrator may `claim()` (atomically: one claimant wins) to resume or end it. A job's
+    checkpoint (what its completed steps produced) is stored beside its record, not in it.
+    """
+
+    def create(self, job_id: str, record: dict, kind: str, state: int, idempotency_key: str,
+               owner: str = "", lease_s: float = 0.0) -> tuple[str, bool]:
+        """Store a new job (holding its lease for `owner`, when given); with a key already used,
+        return (existing id, False)."""
+        raise NotImplementedError
+
+    def claim(self, job_id: str, owner: str, lease_s: float) -> bool:
+        """Take the job's lease unless another owner holds a live one; True when `owner` holds it."""
+        raise NotImplementedError
+
+    def renew(self, job_ids: list[str], owner: str, lease_s: float) -> list[str]:
+        """Extend `owner`'s leases (taking a lapsed one back, e.g. after a store outage longer than the
+        lease); returns the ids that another owner holds now."""
+        raise NotImplementedError
+
+    def release(self, job_id: str, owner: str) -> None:
+        """Give the lease up (only `owner`'s own)."""
+        raise NotImplementedError
+
+    def lease_owner(self, job_id: str) -> str | None:
+        raise NotImplementedError
+
+    def orphans(self, limit: int = 100) -> list[str]:
+        """Ids of unfinished jobs that nobody holds a live lease on, oldest first."""
+        raise NotImplementedError
+
+    def save_checkpoint(self, job_id: str, doc: dict) -> None:
+        raise NotImplementedError
+
+    def load_checkpoint(self, job_id: str) -> dict | None:
+        raise NotImplementedError
+
+    def last_event_id(self, job_id: str) -> str:
+        """The id of the job's newest stored event ("" when none)."""
         raise NotImplementedError
 
     def save(self, job_id: str, record: dict | Callable[[], dict], state: int) -> None:
@@ -94,8 +148,11 @@ class MemoryJobStore(JobStore):
         self._keys: dict[str, str] = {}
         self._cancel: set[str] = set()
         self._order: list[str] = []
+        self._open: dict[str, None] = {}  # unfinished jobs, oldest first
+        self._leases: dict[str, tuple[str, float]] = {}  # job id -> (owner, expiry in time.time())
+        self._checkpoints: dict[str, dict] = {}
 
-    def create(self, job_id, record, kind, state, idempotency_key):
+    def create(self, job_id, record, kind, state, idempotency_key, owner="", lease_s=0.0):
         with self._lock:
             if idempotency_key:
                 existing = self._keys.get(idempotency_key)
@@ -105,11 +162,66 @@ class MemoryJobStore(JobStore):
             self._records[job_id] = record
             self._events[job_id] = []
             self._order.append(job_id)
+            self._open[job_id] = None
+            if owner:
+                self._leases[job_id] = (owner, time.time() + lease_s)
             return job_id, True
 
     def save(self, job_id, record, state):
         with self._lock:
+            if job_id in self._records and job_id not in self._open:
+                return  # a finished record never changes (a stalled replica's late write)
             self._records[job_id] = record() if callable(record) else record
+            if state not in OPEN_STATES:
+                self._open.pop(job_id, None)
+
+    def _live_owner(self, job_id: str) -> str | None:
+        held = self._leases.get(job_id)
+        return held[0] if held and held[1] > time.time() else None
+
+    def claim(self, job_id, owner, lease_s):
+        with self._lock:
+            if self._live_owner(job_id) not in (None, owner):
+                return False
+            self._leases[job_id] = (owner, time.time() + lease_s)
+            return True
+
+    def renew(self, job_ids, owner, lease_s):
+        lost = []
+        with self._lock:
+            for job_id in job_ids:
+                if self._live_owner(job_id) in (None, owner):
+                    self._leases[job_id] = (owner, time.time() + lease_s)
+                else:
+                    lost.append(job_id)
+        return lost
+
+    def release(self, job_id, owner):
+        with self._lock:
+            if self._live_owner(job_id) == owner:
+                del self._leases[job_id]
+
+    def lease_owner(self, job_id):
+        with self._lock:
+            return self._live_owner(job_id)
+
+    def orphans(self, limit=100):
+        with self._lock:
+            return [j for j in self._open if self._live_owner(j) is None][:limit]
+
+    def save_checkpoint(self, job_id, doc):
+        with self._lock:
+            self._checkpoints[job_id] = json.loads(json.dumps(doc))
+
+    def load_checkpoint(self, job_id):
+        with self._lock:
+            doc = self._checkpoints.get(job_id)
+            return json.loads(json.dumps(doc)) if doc is not None else None
+
+    def last_event_id(self, job_id):
+        with self._lock:
+            log = self._events.get(job_id) or []
+            return log[-1].event_id if log else ""
 
     def load(self, job_id):
         with self._lock:
@@ -119,13 +231,15 @@ class MemoryJobStore(JobStore):
     def append_event(self, job_id, type_, step, data, state, after=""):
         with self._lock:
             log = self._events.setdefault(job_id, [])
+            if job_id in self._records and job_id not in self._open:  # finished: a stalled replica's late event
+                return log[-1].event_id if log else ""
             event = StoredEvent(str(len(log) + 1), type_, step, data, time.time(), state)
             log.append(event)
             self._lock.notify_all()
             return event.event_id
 
     def events(self, job_id, after, block_s):
-        start = int(after or 0)
+        start = _counter(after)
         deadline = time.monotonic() + block_s
         with self._lock:
             while True:
@@ -169,6 +283,11 @@ class SqliteJobStore(JobStore):
         self._local = threading.local()
         self._cond = threading.Condition()
         self._db().executescript(_SQLITE_SCHEMA)  # idempotent; executescript commits by itself
+        have = {row[1] for row in self._db().execute("PRAGMA table_info(jobs)")}
+        for column, decl in _SQLITE_ADDED_COLUMNS:  # files written before leases existed
+            if column not in have:
+                with contextlib.suppress(sqlite3.OperationalError):  # another process added it first
+                    self._db().execute(f"ALTER TABLE jobs ADD COLUMN {column} {decl}")
 
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
@@ -199,7 +318,7 @@ class SqliteJobStore(JobStore):
             with self._cond:
                 self._cond.notify_all()
 
-    def create(self, job_id, record, kind, state, idempotency_key):
+    def create(self, job_id, record, kind, state, idempotency_key, owner="", lease_s=0.0):
         now = time.time()
         with self._tx() as db:
             if idempotency_key:
@@ -207,16 +326,66 @@ class SqliteJobStore(JobStore):
                 if row:
                     return row[0], False
             db.execute(
-                "INSERT INTO jobs (job_id, record, kind, state, idempotency_key, created, updated) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (job_id, json.dumps(record), kind, state, idempotency_key or None, now, now),
+                "INSERT INTO jobs (job_id, record, kind, state, idempotency_key, created, updated, lease_owner, "
+                "lease_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (job_id, json.dumps(record), kind, state, idempotency_key or None, now, now, owner or None,
+                 now + lease_s if owner else None),
             )
         return job_id, True
 
+    def claim(self, job_id, owner, lease_s):
+        now = time.time()
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE jobs SET lease_owner = ?, lease_until = ? WHERE job_id = ? AND "
+                "(lease_owner IS NULL OR lease_owner = ? OR lease_until < ?)",
+                (owner, now + lease_s, job_id, owner, now),
+            )
+            return cur.rowcount == 1
+
+    def renew(self, job_ids, owner, lease_s):
+        now = time.time()
+        lost = []
+        with self._tx() as db:
+            for job_id in job_ids:
+                cur = db.execute("UPDATE jobs SET lease_owner = ?, lease_until = ? WHERE job_id = ? AND "
+                                 "(lease_owner = ? OR lease_owner IS NULL OR lease_until < ?)",
+                                 (owner, now + lease_s, job_id, owner, now))
+                if cur.rowcount != 1:
+                    lost.append(job_id)
+        return lost
+
+    def release(self, job_id, owner):
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET lease_owner = NULL, lease_until = NULL WHERE job_id = ? AND lease_owner = ?",
+                       (job_id, owner))
+
+    def lease_owner(self, job_id):
+        row = self._db().execute("SELECT lease_owner, lease_until FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return row[0] if row and row[0] and row[1] >= time.time() else None
+
+    def orphans(self, limit=100):
+        rows = self._db().execute(
+            "SELECT job_id FROM jobs WHERE state IN (1, 2) AND (lease_owner IS NULL OR lease_until < ?) "
+            "ORDER BY created LIMIT ?", (time.time(), limit)).fetchall()
+        return [r[0] for r in rows]
+
+    def save_checkpoint(self, job_id, doc):
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET checkpoint = ? WHERE job_id = ?", (json.dumps(doc), job_id))
+
+    def load_checkpoint(self, job_id):
+        row = self._db().execute("SELECT checkpoint FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return json.loads(row[0]) if row and row[0] else None
+
+    def last_event_id(self, job_id):
+        row = self._db().execute("SELECT MAX(seq) FROM events WHERE job_id = ?", (job_id,)).fetchone()
+        return str(row[0]) if row and row[0] else ""
+
     def save(self, job_id, record, state):
         doc = record() if callable(record) else record
-        with self._tx() as db:
-            db.execute("UPDATE jobs SET record = ?, state = ?, updated = ? WHERE job_id = ?",
+        with self._tx() as db:  # a finished record never changes (a stalled replica's late write)
+            db.execute("UPDATE jobs SET record = ?, state = ?, updated = ? WHERE job_id = ? AND state IN (1, 2)",
                        (json.dumps(doc), state, time.time(), job_id))
 
     def load(self, job_id):
@@ -226,6 +395,9 @@ class SqliteJobStore(JobStore):
     def append_event(self, job_id, type_, step, data, state, after=""):
         with self._tx() as db:
             seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE job_id = ?", (job_id,)).fetchone()[0]
+            finished = db.execute("SELECT 1 FROM jobs WHERE job_id = ? AND state NOT IN (1, 2)", (job_id,)).fetchone()
+            if finished:  # a stalled replica's late event after the job ended
+                return str(seq - 1)
             db.execute("INSERT INTO events (job_id, seq, type, step, data, time, state) VALUES (?, ?, ?, ?, ?, ?, ?)",
                        (job_id, seq, type_, step, json.dumps(data), time.time(), state))
         return str(seq)
@@ -238,7 +410,7 @@ class SqliteJobStore(JobStore):
         return [StoredEvent(str(seq), t, s, json.loads(d), tm, st) for seq, t, s, d, tm, st in rows]
 
     def events(self, job_id, after, block_s):
-        start = int(after or 0)
+        start = _counter(after)
         deadline = time.monotonic() + block_s
         while True:
             found = self._events_after(job_id, start)
@@ -279,6 +451,8 @@ class SqliteJobStore(JobStore):
             yield
 
 
+_SQLITE_ADDED_COLUMNS = (("lease_owner", "TEXT"), ("lease_until", "REAL"), ("checkpoint", "TEXT"))
+
 _SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     job_id TEXT PRIMARY KEY,
@@ -315,25 +489,37 @@ class RedisJobStore(JobStore):
     """
 
     PREFIX = "genstack:job:"
+    #: unfinished jobs (QUEUED, RUNNING), by creation time: where recovery looks for orphans
+    OPEN = "genstack:jobs:open"
 
-    def __init__(self, url: str, retention_s: int) -> None:
-        self.r = redis.Redis.from_url(url)
+    def __init__(self, url: str, retention_s: int, outage_s: float = 30.0) -> None:
+        # Short socket timeouts: a Redis that went away must not hang a caller for minutes.
+        self.r = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=2, health_check_interval=15)
         self.retention_s = retention_s
-        self._writer = _WriteBehind(self.r)
+        self._writer = _WriteBehind(self.r, outage_s)
+        self._claim = self.r.register_script(_CLAIM_LUA)
+        self._renew = self.r.register_script(_RENEW_LUA)
+        self._release = self.r.register_script(_RELEASE_LUA)
+        self._save_script = self.r.register_script(_SAVE_LUA)
+        self._append_script = self.r.register_script(_APPEND_LUA)
 
     def _key(self, job_id: str, suffix: str = "") -> str:
         return f"{self.PREFIX}{job_id}{suffix}"
 
-    def create(self, job_id, record, kind, state, idempotency_key):
+    def create(self, job_id, record, kind, state, idempotency_key, owner="", lease_s=0.0):
         if idempotency_key:
             key = f"genstack:jobkey:{idempotency_key}"
             if not self.r.set(key, job_id, nx=True, ex=self.retention_s):
                 existing = self.r.get(key)
                 if existing:
                     return existing.decode(), False
-        pipe = self.r.pipeline()
+        now = time.time()
+        pipe = self.r.pipeline(transaction=True)  # record, listing, open set and lease appear together
         pipe.hset(self._key(job_id), mapping={"record": json.dumps(record), "state": state, "kind": kind})
-        pipe.zadd("genstack:jobs", {job_id: time.time()})
+        pipe.zadd("genstack:jobs", {job_id: now})
+        pipe.zadd(self.OPEN, {job_id: now})
+        if owner:
+            pipe.set(self._key(job_id, ":lease"), owner, px=max(1, int(lease_s * 1000)))
         pipe.execute()
         return job_id, True
 
@@ -342,9 +528,48 @@ class RedisJobStore(JobStore):
 
         def write(pipe):
             doc = record() if callable(record) else record
-            pipe.hset(key, mapping={"record": json.dumps(doc), "state": state})
+            # a finished record never changes (a stalled replica's late write is dropped)
+            self._save_script(keys=[key, self.OPEN], args=[json.dumps(doc), state, job_id], client=pipe)
 
         self._writer.put(job_id, write)
+
+    def claim(self, job_id, owner, lease_s):
+        return bool(self._claim(keys=[self._key(job_id, ":lease")], args=[owner, max(1, int(lease_s * 1000))]))
+
+    def renew(self, job_ids, owner, lease_s):
+        if not job_ids:
+            return []
+        held = self._renew(keys=[self._key(j, ":lease") for j in job_ids], args=[owner, max(1, int(lease_s * 1000))])
+        return [j for j, ok in zip(job_ids, held, strict=True) if not ok]
+
+    def release(self, job_id, owner):
+        self._release(keys=[self._key(job_id, ":lease")], args=[owner])
+
+    def lease_owner(self, job_id):
+        raw = self.r.get(self._key(job_id, ":lease"))
+        return raw.decode() if raw else None
+
+    def orphans(self, limit=100):
+        ids = [i.decode() for i in self.r.zrange(self.OPEN, 0, max(0, 10 * limit - 1))]
+        if not ids:
+            return []
+        pipe = self.r.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.exists(self._key(job_id, ":lease"))
+        return [j for j, held in zip(ids, pipe.execute(), strict=True) if not held][:limit]
+
+    def save_checkpoint(self, job_id, doc):
+        key = self._key(job_id)
+        text = json.dumps(doc)
+        self._writer.put(job_id, lambda pipe: pipe.hset(key, "checkpoint", text))
+
+    def load_checkpoint(self, job_id):
+        raw = self.r.hget(self._key(job_id), "checkpoint")
+        return json.loads(raw) if raw else None
+
+    def last_event_id(self, job_id):
+        items = self.r.xrevrange(self._key(job_id, ":events"), count=1)
+        return items[0][0].decode() if items else ""
 
     def load(self, job_id):
         raw = self.r.hget(self._key(job_id), "record")
@@ -356,7 +581,10 @@ class RedisJobStore(JobStore):
         if not after:
             return self.r.xadd(key, fields).decode()
         event_id = next_stream_id(after)
-        self._writer.put(job_id, lambda pipe: pipe.xadd(key, fields, id=event_id))
+        args = [event_id, *(v for kv in fields.items() for v in kv)]
+        # dropped once the job has ended (a stalled replica's late event)
+        self._writer.put(job_id, lambda pipe: self._append_script(keys=[self._key(job_id), key], args=args,
+                                                                  client=pipe))
         return event_id
 
     def events(self, job_id, after, block_s):
@@ -390,6 +618,7 @@ class RedisJobStore(JobStore):
         def write(pipe):
             for key in keys:
                 pipe.expire(key, self.retention_s)
+            pipe.zrem(self.OPEN, job_id)
 
         self._writer.put(job_id, write)
 
@@ -398,6 +627,47 @@ class RedisJobStore(JobStore):
 
     def flush(self, job_id=None):
         self._writer.flush(job_id)
+
+
+_CLAIM_LUA = """
+local held = redis.call('GET', KEYS[1])
+if held and held ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+_RENEW_LUA = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local held = redis.call('GET', key)
+  if held == ARGV[1] or not held then
+    redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+"""
+
+_SAVE_LUA = """
+local current = redis.call('HGET', KEYS[1], 'state')
+if current == '3' or current == '4' or current == '5' then return 0 end
+redis.call('HSET', KEYS[1], 'record', ARGV[1], 'state', ARGV[2])
+if ARGV[2] ~= '1' and ARGV[2] ~= '2' then redis.call('ZREM', KEYS[2], ARGV[3]) end
+return 1
+"""
+
+_APPEND_LUA = """
+local current = redis.call('HGET', KEYS[1], 'state')
+if current == '3' or current == '4' or current == '5' then return 0 end
+return redis.call('XADD', KEYS[2], unpack(ARGV))
+"""
+
+_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
 def next_stream_id(after: str) -> str:
@@ -414,15 +684,24 @@ class _WriteBehind:
     """Sends queued Redis writes from one thread, in order, all waiting ones per round trip.
 
     Each batch is a MULTI/EXEC transaction, so what `batch()` groups becomes visible at once.
-    A connection error is retried with backoff for a few seconds. A write that still fails is
+    A connection error is retried with backoff for `outage_s`. A write that still fails is
     logged and charged to the job that made it: `flush(job_id)` reports that job's failures
     only, and waits only for the writes queued before it, not for other jobs' later ones.
     """
 
     MAX_BATCH = 256
 
-    def __init__(self, r: redis.Redis) -> None:
+    def __init__(self, r: redis.Redis, outage_s: float = 30.0) -> None:
         self.r = r
+        # Redis unreachable (restarting, failing over): keep the writes and try again, in order,
+        # for up to outage_s; a running job waits meanwhile instead of failing.
+        self._retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type((redis.ConnectionError, redis.TimeoutError)),
+            wait=tenacity.wait_exponential(multiplier=0.05, max=1.0),
+            stop=tenacity.stop_after_delay(outage_s),
+            before_sleep=lambda rs: log.warning("job store unreachable, retrying: %s", rs.outcome.exception()),
+            reraise=True,
+        )
         self._queue: queue.Queue = queue.Queue()
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -494,13 +773,10 @@ class _WriteBehind:
                 if isinstance(item, threading.Event):
                     item.set()
 
-    @tenacity.retry(
-        retry=tenacity.retry_if_exception_type((redis.ConnectionError, redis.TimeoutError)),
-        wait=tenacity.wait_exponential(multiplier=0.05, max=1.0),
-        stop=tenacity.stop_after_delay(5),
-        reraise=True,
-    )
     def _send(self, writes: list[tuple[str, Callable]]) -> list[tuple[str, Exception]]:
+        return self._retrying(self._send_once, writes)
+
+    def _send_once(self, writes: list[tuple[str, Callable]]) -> list[tuple[str, Exception]]:
         """Send the writes in one transaction; (owner, error) for each command Redis refused."""
         pipe = self.r.pipeline(transaction=True)
         owners: list[str] = []

@@ -6,12 +6,19 @@ from genstack.generator.v1 import generator_pb2 as gpb
 from services.orchestrator.kinds import JobKind, register
 from services.orchestrator.pipelines import Pipeline, StepDef
 from services.orchestrator.steps import slot, step, to_json
-from shared.errors import Cancelled, require
+from shared.errors import Cancelled, ResourceExhausted, require
 
 GENERATION = slot("generate", gpb.GenerateResponse)
 
 
 def validate(g: gpb.GenerateRequest, settings) -> None:
+    # sizes first, in characters: nothing is stripped, stored or tokenized before this
+    limit = settings.max_text_chars
+    chars = len(g.prompt) + sum(len(m.content) for m in g.messages)
+    if chars > limit:
+        field = "generate.prompt" if g.prompt else "generate.messages"
+        raise ResourceExhausted(f"{field}: {chars} characters; the limit is {limit} "
+                                "(GENSTACK_ORCHESTRATOR_MAX_TEXT_CHARS)")
     require(bool(g.prompt.strip()) or bool(g.messages), "generate.prompt", "a non-empty prompt or messages")
 
 

@@ -6,13 +6,24 @@ from genstack.retriever.v1 import retriever_pb2 as rpb
 from services.orchestrator.kinds import JobKind, register
 from services.orchestrator.pipelines import Pipeline, StepDef
 from services.orchestrator.steps import slot, step, to_json
-from shared.errors import require
+from shared.errors import ResourceExhausted, require
 
 INGESTED = slot("ingest", rpb.IngestDocumentsResponse)
 
 
 def validate(request: rpb.IngestDocumentsRequest, settings) -> None:
     require(bool(request.documents), "ingest.documents", "at least one document")
+    # the retriever's own limits, checked before the job is stored (the retriever would refuse it later)
+    from services.retriever.settings import RetrieverSettings
+
+    limits = RetrieverSettings()
+    require(len(request.documents) <= limits.max_documents_per_task, "ingest.documents",
+            f"at most {limits.max_documents_per_task} documents", len(request.documents))
+    for i, doc in enumerate(request.documents):
+        size = len(doc.text.encode()) if doc.text else len(doc.data)
+        if size > limits.max_document_bytes:
+            raise ResourceExhausted(f"ingest.documents[{i}]: {size} bytes; the retriever's limit is "
+                                    f"{limits.max_document_bytes} (GENSTACK_RETRIEVER_MAX_DOCUMENT_BYTES)")
 
 
 @step("ingest", provides=(INGESTED,), input="ingest")
