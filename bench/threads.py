@@ -36,10 +36,11 @@ while True:
 
 
 def load():
-    from services.generator import registry
-    from shared.config import get_settings
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
+
+    from services.generator import registry
+    from shared.config import get_settings
 
     hf_logging.disable_progress_bar()
 
