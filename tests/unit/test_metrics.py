@@ -135,9 +135,9 @@ def test_grpc_interceptor_counts_codes_latency_and_in_flight():
     from services.orchestrator.core import OrchestratorCore
     from services.orchestrator.grpc_api import OrchestratorApi
     from services.orchestrator.settings import OrchestratorSettings
-    from shared.grpc_server import Server
     from shared.clients.orchestrator import OrchestratorClient
     from shared.errors import NotFound
+    from shared.grpc_server import Server
 
     core = OrchestratorCore(OrchestratorSettings(store="memory", recover=False))
     server = Server(OrchestratorApi(core), 0, host="127.0.0.1").start(warm_up_in_background=True)
