@@ -280,15 +280,16 @@ class RetrieverCore:
         total_chunks = sum(len(p.chunks) for p in prepared)
 
         texts = [f"{c.section}\n{c.text}" if c.section else c.text for p in prepared for c in p.chunks]
-        vectors = np.zeros((0, self.dimension), np.float32)
-        parts = []
+        vectors = np.zeros((len(texts), self.dimension), np.float32)
+        # slices of similar length (sorted over the whole batch, not per slice), so that each forward
+        # pass pads little; the vectors go back to their chunks' order
+        order = np.argsort([len(t) for t in texts], kind="stable")
         report(EMBEDDING, 0, total_chunks, len(prepared), total_chunks)
         for i in range(0, len(texts), EMBED_SLICE):
             check()
-            parts.append(self.embedder.encode(texts[i : i + EMBED_SLICE]))
+            rows = order[i : i + EMBED_SLICE]
+            vectors[rows] = self.embedder.encode([texts[j] for j in rows])
             report(EMBEDDING, min(i + EMBED_SLICE, len(texts)), total_chunks, len(prepared), total_chunks)
-        if parts:
-            vectors = np.concatenate(parts)
         check()
 
         records, row = [], 0

@@ -40,6 +40,7 @@ from services.retriever.stores.base import (
     StoreQuery,
     WriteResult,
 )
+from services.retriever.stores.keyword_index import KeywordIndex
 from services.retriever.stores.vector_index import FLAT, HNSW, IndexParams, VectorIndex, set_search_threads
 from shared.errors import FailedPrecondition, NotFound
 
@@ -109,12 +110,17 @@ why will with would you your yours yourself yourselves
 """.split())
 
 
-def fts_query(text: str) -> str | None:
-    """An FTS5 query matching any of the words of `text` (each quoted, so no syntax leaks in),
-    without stopwords unless the query is nothing but stopwords."""
+def query_words(text: str) -> list[str]:
+    """The words of `text` a keyword search looks for: lowercased, each once, without stopwords
+    unless the query is nothing but stopwords."""
     words = list(dict.fromkeys(w.lower() for w in _WORD.findall(text)))
     content = [w for w in words if w not in STOPWORDS] or words
-    content = content[:_MAX_QUERY_TERMS]
+    return content[:_MAX_QUERY_TERMS]
+
+
+def fts_query(text: str) -> str | None:
+    """An FTS5 query matching any of `query_words(text)` (each quoted, so no syntax leaks in)."""
+    content = query_words(text)
     return " OR ".join(f'"{w}"' for w in content) if content else None
 
 
@@ -157,6 +163,9 @@ class _Collection:
         self.inode: int | None = None
         self.index: VectorIndex | None = None
         self.index_generation = -1
+        # BM25 postings in memory (keyword_index.py), built on the first keyword or hybrid search
+        self.keywords: KeywordIndex | None = None
+        self.keywords_generation = -1
         self.unsaved_changes = 0
         # chunk ids admitted by recent filters, valid for one generation (RAG callers tend to repeat
         # the same tenant/source filter, and reading 10k ids from SQLite costs more than the search)
@@ -209,6 +218,8 @@ class _Collection:
         self.inode = None
         self.index = None
         self.index_generation = -1
+        self.keywords = None
+        self.keywords_generation = -1
 
     def require(self) -> sqlite3.Connection:
         if not self.open(create=False) or self.meta("deleted"):
@@ -262,6 +273,30 @@ class _Collection:
         self.index_generation = gen
         self._maybe_rebuild(conn)
         return self.index
+
+    def sync_keywords(self, conn: sqlite3.Connection) -> KeywordIndex:
+        """The in-memory BM25 index at the database's generation (built from FTS5 on first use)."""
+        gen = self.generation()
+        if self.keywords is not None and self.keywords_generation == gen:
+            return self.keywords
+        db_ids = np.fromiter((r[0] for r in conn.execute("SELECT id FROM chunks ORDER BY id")), np.int64)
+        if self.keywords is None:
+            started = time.monotonic()
+            self.keywords = KeywordIndex.from_fts(conn, "chunks_fts", db_ids)
+            log.info("built keyword index", extra={"fields": {
+                "collection": self.name, "chunks": len(db_ids), "seconds": round(time.monotonic() - started, 2),
+                "megabytes": round(self.keywords.memory_bytes() / 2**20, 1)}})
+        else:  # another process wrote: bring it up to date like the vector index
+            have = self.keywords.ids()
+            self.keywords.remove(np.setdiff1d(have, db_ids, assume_unique=True))
+            new = np.setdiff1d(db_ids, have, assume_unique=True)
+            for i in range(0, len(new), 5000):
+                part = new[i : i + 5000].tolist()
+                rows = conn.execute(f"SELECT id, text FROM chunks WHERE id IN ({','.join('?' * len(part))})",
+                                    part).fetchall()
+                self.keywords.add([r[0] for r in rows], [r[1] for r in rows])
+        self.keywords_generation = gen
+        return self.keywords
 
     def _load_snapshot(self, dim: int) -> VectorIndex | None:
         path = self.folder / SNAPSHOT_NAME
@@ -325,6 +360,18 @@ class _Collection:
         if self.index is not None and self.index.kind == HNSW and self.folder.exists():
             self.index.save(self.folder / SNAPSHOT_NAME)
             self.unsaved_changes = 0
+
+
+def _top(ids: np.ndarray, scores: np.ndarray, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The best `limit` (all when None) by score, ties in ascending id, as FTS5's sorted output."""
+    if limit is not None and limit < len(ids):
+        if limit <= 0:
+            return ids[:0], scores[:0]
+        cut = np.partition(-scores, limit - 1)[limit - 1]  # keep every tie of the last place
+        keep = -scores <= cut
+        ids, scores = ids[keep], scores[keep]
+    order = np.lexsort((ids, -scores))[: limit if limit is not None else None]
+    return ids[order], scores[order]
 
 
 def _split_sql(script: str) -> list[str]:
@@ -444,18 +491,19 @@ class EmbeddedStore(Store):
                         "Use the same model or another collection"
                     )
                 gen_before = coll.generation()
-                results, removed, added = [], [], []
+                results, removed, added, texts = [], [], [], []
                 for doc in documents:
                     old, new_ids = self._replace_document(conn, doc)
                     removed.extend(old)
                     added.extend(zip(new_ids, (c.vector for c in doc.chunks), strict=True))
+                    texts.extend(c.text for c in doc.chunks)
                     results.append(WriteResult(doc.document_id, len(doc.chunks), len(old)))
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'generation'", (str(gen_before + 1),))
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-            self._apply(coll, conn, gen_before, removed, added)
+            self._apply(coll, conn, gen_before, removed, added, texts)
             return results
 
     def _replace_document(self, conn: sqlite3.Connection, doc: DocumentRecord) -> tuple[list[int], list[int]]:
@@ -492,8 +540,16 @@ class EmbeddedStore(Store):
             new_ids.append(cur.lastrowid)
         return old, new_ids
 
-    def _apply(self, coll: _Collection, conn, gen_before: int, removed: list[int], added: list) -> None:
-        """Mirror a committed write in the in-memory index, or leave it to reconcile lazily."""
+    def _apply(self, coll: _Collection, conn, gen_before: int, removed: list[int], added: list,
+               texts: list[str] | None = None) -> None:
+        """Mirror a committed write in the in-memory indexes, or leave them to reconcile lazily."""
+        if coll.keywords is not None:
+            if coll.keywords_generation != gen_before:
+                coll.keywords_generation = -1
+            else:
+                coll.keywords.remove(np.array(removed, dtype=np.int64))
+                coll.keywords.add([i for i, _ in added], texts or [])
+                coll.keywords_generation = gen_before + 1
         if coll.index is None:
             return
         if coll.index_generation != gen_before:  # another process wrote in between: reconcile on next use
@@ -562,13 +618,23 @@ class EmbeddedStore(Store):
                 return []
             where, args = _filter_sql(query.filters)
             allowed = None
-            if query.filters and query.mode != KEYWORD:
+            terms = None
+            if query.mode != VECTOR and self.params.keyword_index and (words := query_words(query.text)):
+                terms = KeywordIndex.phrases(words)  # None: a word FTS5 reads as a phrase; FTS5 answers
+            if query.filters and (query.mode != KEYWORD or terms is not None):
                 allowed = coll.allowed_ids(tuple(query.filters), where, args)
             q = np.asarray(query.vector, dtype=np.float32)
 
             if query.mode == VECTOR:
                 ids, vs = index.search(q, query.limit, allowed)
                 scored = [(int(i), float(s), float(s), None) for i, s in zip(ids, vs, strict=True)]
+            elif terms is not None:
+                keywords = coll.sync_keywords(conn)
+                if query.mode == KEYWORD:
+                    ids, scores = _top(*keywords.score(terms, allowed), query.limit)
+                    scored = [(i, s, None, s) for i, s in zip(ids.tolist(), scores.tolist(), strict=True)]
+                else:
+                    scored = self._hybrid_memory(keywords, terms, index, query, q, allowed)
             elif query.mode == KEYWORD:
                 kw = self._keyword(conn, query.text, query.limit, where, args)
                 scored = [(i, s, None, s) for i, s in kw]
@@ -591,6 +657,25 @@ class EmbeddedStore(Store):
             sql += " ORDER BY bm25(chunks_fts) LIMIT ?"
             params.append(limit)
         return [(int(r[0]), float(r[1])) for r in conn.execute(sql, params)]
+
+    def _hybrid_memory(self, keywords: KeywordIndex, terms: list[str], index: VectorIndex, query: StoreQuery, q,
+                       allowed):
+        """`_hybrid` over the in-memory BM25 postings: the same candidates, scores and order."""
+        pool = max(query.pool, query.limit)
+        v_ids, v_scores = index.search(q, pool, allowed)
+        v_ids = v_ids.astype(np.int64)
+        matched, bm25 = keywords.score(terms, allowed)
+        k_ids, _ = _top(matched, bm25, pool)
+        kw_only = k_ids[~np.isin(k_ids, v_ids)]
+        union = np.concatenate([v_ids, kw_only])
+        v = np.concatenate([v_scores.astype(np.float64), index.vectors(kw_only) @ q if len(kw_only) else []])
+        k = np.zeros(len(union))
+        if len(matched):  # BM25 of each candidate; 0 where no query term occurs in it
+            at = np.minimum(np.searchsorted(matched, union), len(matched) - 1)
+            k = np.where(matched[at] == union, bm25[at], 0.0)
+        fused = relative_score_fusion(v, k, query.alpha)
+        order = np.argsort(-fused, kind="stable")[: query.limit]
+        return [(int(union[j]), float(fused[j]), float(v[j]), float(k[j])) for j in order]
 
     def _hybrid(self, conn, index: VectorIndex, query: StoreQuery, q, allowed, where, args):
         pool = max(query.pool, query.limit)

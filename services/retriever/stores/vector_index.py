@@ -31,6 +31,8 @@ class IndexParams:
     exact_filter_limit: int = 20_000
     build_threads: int = 0
     search_threads: int = 1
+    # keyword and hybrid search score BM25 from in-memory postings (keyword_index.py) instead of FTS5
+    keyword_index: bool = True
 
 
 def set_search_threads(n: int) -> None:
