@@ -479,6 +479,7 @@ def encode_png(frame: np.ndarray, meta: dict) -> bytes:
 
 
 def encode_gif(frames: np.ndarray, fps: int) -> bytes:
+    """Animated GIF, looping; Pillow folds a frame identical to the previous one into its duration."""
     from PIL import Image
 
     images = [Image.fromarray(f) for f in frames]

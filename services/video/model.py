@@ -13,13 +13,16 @@ the image UNet runs unchanged (frames folded into the batch, text states repeate
 UNetMotionModel expects), and each motion module reads both the noise level (the resnet's time
 embedding, which includes the image model's pooled prompt) and a direction-aware prompt summary.
 
-A motion module: GroupNorm -> depthwise 3x3x3 conv over (frame, y, x) -> pointwise conv ->
-FiLM from the prompt summary and time embedding -> SiLU -> temporal conv (3 frames) whose weights
-start at zero, added to the input. A depthwise 3x3x3 kernel can express "this feature one pixel
-to the right in the previous frame", the building block of a steady translation, and the FiLM
-chooses which channels (which directions) are active for a prompt. Being convolutional in time,
-the modules run on any number of frames. With the output convs at zero the model starts exactly
-as the image model applied frame by frame.
+A motion module: GroupNorm -> temporal shift (a quarter of the channels from the previous frame,
+a quarter from the next) -> depthwise 3x3 conv -> pointwise conv -> FiLM from the prompt summary
+and time embedding -> SiLU -> temporal shift -> pointwise conv whose weights start at zero, added
+to the input. A shifted channel filtered by a 3x3 kernel can express "this feature one pixel to the
+right in the previous frame", the building block of a steady translation, and the FiLM chooses
+which channels (which directions) are active for a prompt. Stacked, the modules see many frames;
+being local in time, they run on any number of frames. With the output convs at zero the model
+starts exactly as the image model applied frame by frame. (3-D convolutions did the same job 5x
+slower on this CPU: a depthwise 3x3x3 Conv3d took 1.3 s forward+backward where the shift and 2-D
+convs take ~0.25 s.)
 
 Input/output layout is diffusers' video convention: [batch, channels, frames, height, width].
 """
@@ -27,6 +30,7 @@ Input/output layout is diffusers' video convention: [batch, channels, frames, he
 from __future__ import annotations
 
 import copy
+import re
 
 import diffusers
 import torch
@@ -57,29 +61,79 @@ class PromptSummary(nn.Module):
         return self.out(pooled)
 
 
+def shift_frames(x: torch.Tensor, share: int) -> torch.Tensor:
+    """Temporal shift (TSM, Lin et al. 2019) on [B, F, C, H, W]: the first `share` channels come from the
+    previous frame, the next `share` from the following one (zeros past the ends), the rest stay."""
+    b, f, c, h, w = x.shape
+    zero = x.new_zeros((b, 1, share, h, w))
+    back = torch.cat([zero, x[:, :-1, :share]], dim=1)
+    fwd = torch.cat([x[:, 1:, share:2 * share], zero], dim=1)
+    return torch.cat([back, fwd, x[:, :, 2 * share:]], dim=2)
+
+
 class MotionModule(nn.Module):
-    def __init__(self, channels: int, temb_dim: int, cond_dim: int, groups: int = 8):
+    def __init__(self, channels: int, temb_dim: int, cond_dim: int, groups: int = 8, warp: bool = False):
         super().__init__()
+        self.share = max(1, channels // 4)
+        # Steady-motion warp: translate frame f's features by (f - centre) * velocity * gate(noise level);
+        # the gate starts small (sigmoid(-2) ~ 0.12) so that the velocity head gets a gradient at once.
+        self.warp_gate = None
+        if warp:
+            self.warp_gate = nn.Linear(temb_dim, 1)
+            nn.init.zeros_(self.warp_gate.weight)
+            nn.init.constant_(self.warp_gate.bias, -2.0)
         self.norm = nn.GroupNorm(groups, channels)
-        self.spatiotemporal = nn.Conv3d(channels, channels, 3, padding=1, groups=channels)
-        self.mix = nn.Conv3d(channels, channels, 1)
+        self.spatial = nn.Conv2d(channels, channels, 3, padding=1, groups=channels)
+        self.mix = nn.Conv2d(channels, channels, 1)
         self.film = nn.Linear(temb_dim + cond_dim, 2 * channels)
-        self.out = nn.Conv3d(channels, channels, (3, 1, 1), padding=(1, 0, 0))
+        self.out = nn.Conv2d(channels, channels, 1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
         self.context: dict | None = None  # set by GenstackVideoUNet.forward for each call
 
     def forward(self, h: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        batch = self.context["batch"]
+        n, c, height, width = h.shape
+        frames = n // batch
+        if self.warp_gate is not None:
+            h = self._warp(h, temb, batch, frames)
+        y = self.norm(h).reshape(batch, frames, c, height, width)
+        y = shift_frames(y, self.share).reshape(n, c, height, width)
+        y = self.mix(self.spatial(y))
+        cond = torch.cat([F.silu(temb.reshape(batch, frames, -1)[:, 0]), self.context["prompt"]], dim=-1)
+        scale, shift = self.film(cond).to(y.dtype).repeat_interleave(frames, 0)[:, :, None, None].chunk(2, dim=1)
+        y = F.silu(y * (1 + scale) + shift).reshape(batch, frames, c, height, width)
+        y = self.out(shift_frames(y, self.share).reshape(n, c, height, width))
+        return h + y
+
+    def _warp(self, h: torch.Tensor, temb: torch.Tensor, batch: int, frames: int) -> torch.Tensor:
         ctx = self.context
-        batch = ctx["batch"]
-        frames = h.shape[0] // batch
-        _, c, height, width = h.shape
-        x = h.reshape(batch, frames, c, height, width).transpose(1, 2)  # B, C, F, H, W
-        y = self.mix(self.spatiotemporal(self.norm(x)))
-        cond = torch.cat([F.silu(temb.reshape(batch, frames, -1)[:, 0]), ctx["prompt"]], dim=-1)
-        scale, shift = self.film(cond).to(y.dtype)[:, :, None, None, None].chunk(2, dim=1)
-        y = self.out(F.silu(y * (1 + scale) + shift))
-        return (x + y).transpose(1, 2).reshape(batch * frames, c, height, width)
+        gate = torch.sigmoid(self.warp_gate(F.silu(temb.reshape(batch, frames, -1)[:, 0])))  # B, 1
+        rel = torch.arange(frames, device=h.device, dtype=h.dtype) - (frames - 1) / 2
+        offset = rel[None, :, None] * ctx["velocity"][:, None, :] * gate[:, None, :]  # B, F, 2 pixels (x, y)
+        # content moves by +offset: sample at x - offset, in normalised coordinates (2 / size per pixel)
+        theta = torch.zeros(batch * frames, 2, 3, device=h.device, dtype=h.dtype)
+        theta[:, 0, 0] = theta[:, 1, 1] = 1
+        theta[:, 0, 2] = -2 * offset[..., 0].reshape(-1) / ctx["width"]
+        theta[:, 1, 2] = -2 * offset[..., 1].reshape(-1) / ctx["height"]
+        grid = F.affine_grid(theta, list(h.shape), align_corners=False)
+        return F.grid_sample(h, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+class _PerClip(nn.Module):
+    """Wraps a prompt-only module of the spatial UNet (the text projection, the pooled-prompt embedding)
+    so that it runs once per clip instead of once per frame: GenstackVideoUNet.forward computes it on
+    the clip's prompt states and sets `value` (repeated per frame), which this returns as is."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+        self.value: torch.Tensor | None = None
+
+    def forward(self, *args, **kwargs):
+        if self.value is not None:
+            return self.value
+        return self.inner(*args, **kwargs)
 
 
 class _ResnetWithMotion(nn.Module):
@@ -107,21 +161,37 @@ class GenstackVideoUNet(ModelMixin, ConfigMixin):
         prompt_dim: int = 128,
         motion_groups: int = 8,
         max_frames: int = 64,
+        warp: bool = False,
+        max_speed: float = 1.5,
     ):
         super().__init__()
         cfg = {k: v for k, v in (spatial_config or {}).items() if not k.startswith("_")}
         self.spatial = UNet2DConditionModel(**cfg)
         temb_dim = self.spatial.time_embedding.linear_2.out_features
         self.prompt_summary = PromptSummary(text_dim, prompt_dim)
+        # With warp: the prompt's steady velocity (pixels per frame at the sample's size, x right, y down)
+        self.velocity = None
+        if warp:
+            self.velocity = nn.Sequential(nn.Linear(prompt_dim, 64), nn.SiLU(), nn.Linear(64, 2))
+            nn.init.normal_(self.velocity[2].weight, std=0.01)
+            nn.init.zeros_(self.velocity[2].bias)
         # The modules live inside the wrapped resnets (that is where their weights are saved); this
         # plain list (not registered, so not saved twice) is for setting their per-call context.
         self.motion_modules: list[MotionModule] = []
         blocks = [self.spatial.mid_block, *self.spatial.up_blocks]
         for block in blocks:
             for i, resnet in enumerate(block.resnets):
-                module = MotionModule(resnet.out_channels, temb_dim, prompt_dim, motion_groups)
+                module = MotionModule(resnet.out_channels, temb_dim, prompt_dim, motion_groups, warp)
                 self.motion_modules.append(module)
                 block.resnets[i] = _ResnetWithMotion(resnet, module)
+        # The image UNet pools and projects the prompt; per frame that is the same work 16 times over
+        # (the pooled embedding alone is 4 M parameters over 1152-wide states): once per clip instead.
+        self._per_clip = []
+        for name in ("add_embedding", "encoder_hid_proj"):
+            if getattr(self.spatial, name, None) is not None:
+                wrapped = _PerClip(getattr(self.spatial, name))
+                setattr(self.spatial, name, wrapped)
+                self._per_clip.append(wrapped)
 
     # diffusers pipelines read these from a UNet's config
     @property
@@ -148,7 +218,8 @@ class GenstackVideoUNet(ModelMixin, ConfigMixin):
         return [p for n, p in self.spatial.named_parameters() if ".motion." not in n]
 
     def motion_parameters(self):
-        return [p for m in self.motion_modules for p in m.parameters()] + list(self.prompt_summary.parameters())
+        extra = list(self.velocity.parameters()) if self.velocity is not None else []
+        return [p for m in self.motion_modules for p in m.parameters()] + list(self.prompt_summary.parameters()) + extra
 
     def forward(
         self,
@@ -163,29 +234,40 @@ class GenstackVideoUNet(ModelMixin, ConfigMixin):
         if frames > self.config.max_frames:
             raise ValueError(f"at most {self.config.max_frames} frames (got {frames})")
         prompt = self.prompt_summary(encoder_hidden_states.to(sample.dtype), encoder_attention_mask)
+        context = {"batch": batch, "prompt": prompt, "height": height, "width": width}
+        if self.velocity is not None:
+            context["velocity"] = self.config.max_speed * torch.tanh(self.velocity(prompt))
         for module in self.motion_modules:
-            module.context = {"batch": batch, "prompt": prompt}
+            module.context = context
+        for module in self._per_clip:
+            module.value = module.inner(encoder_hidden_states).repeat_interleave(frames, dim=0)
+        states = encoder_hidden_states
+        if not self._per_clip or getattr(self.spatial, "encoder_hid_proj", None) is None:
+            states = encoder_hidden_states.repeat_interleave(frames, dim=0)
         x = sample.transpose(1, 2).reshape(batch * frames, channels, height, width)
         timestep = torch.as_tensor(timestep, device=sample.device)
         if timestep.ndim == 0:
             timestep = timestep.expand(batch)
         timestep = timestep.repeat_interleave(frames)
-        states = encoder_hidden_states.repeat_interleave(frames, dim=0)
         mask = encoder_attention_mask.repeat_interleave(frames, dim=0) if encoder_attention_mask is not None else None
         try:
             out = self.spatial(x, timestep, encoder_hidden_states=states, encoder_attention_mask=mask).sample
         finally:
             for module in self.motion_modules:
                 module.context = None
+            for module in self._per_clip:
+                module.value = None
         out = out.reshape(batch, frames, -1, height, width).transpose(1, 2)
         if not return_dict:
             return (out,)
         return UNet2DConditionOutput(sample=out)
 
     def __deepcopy__(self, memo):
-        # nn.Module deep-copies fine; the override only keeps `context` (per call) out of copies.
+        # nn.Module deep-copies fine; the override only keeps per-call state out of copies.
         for module in self.motion_modules:
             module.context = None
+        for module in self._per_clip:
+            module.value = None
         cls = self.__class__
         new = cls.__new__(cls)
         memo[id(self)] = new
@@ -194,24 +276,16 @@ class GenstackVideoUNet(ModelMixin, ConfigMixin):
         return new
 
 
+def _plain_key(key: str) -> str:
+    """A wrapped spatial UNet's state-dict key as the plain UNet2DConditionModel names it."""
+    key = re.sub(r"(resnets\.\d+)\.resnet\.", r"\1.", key)
+    return key.replace("add_embedding.inner.", "add_embedding.").replace("encoder_hid_proj.inner.", "encoder_hid_proj.")
+
+
 def _wrapped_keys(state: dict, spatial: nn.Module) -> dict:
-    """Map a plain UNet2DConditionModel state dict onto one whose resnets are wrapped."""
-    wanted = set(spatial.state_dict())
-    out = {}
-    for key, value in state.items():
-        if key in wanted:
-            out[key] = value
-            continue
-        parts = key.split(".")
-        for i in range(len(parts) - 1):
-            if parts[i] == "resnets" and parts[i + 1].isdigit():
-                candidate = ".".join([*parts[: i + 2], "resnet", *parts[i + 2:]])
-                if candidate in wanted:
-                    out[candidate] = value
-                    break
-        else:
-            out[key] = value
-    return out
+    """Map a plain UNet2DConditionModel state dict onto one whose resnets and prompt modules are wrapped."""
+    names = {_plain_key(k): k for k in spatial.state_dict()}
+    return {names.get(k, k): v for k, v in state.items()}
 
 
 # Registration: DiffusionPipeline.from_pretrained resolves ("diffusers", class name) on the module.

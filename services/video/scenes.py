@@ -262,7 +262,7 @@ def track(clip: np.ndarray, min_pixels: int = 8) -> Track:
     centres = np.full((frames, 2), np.nan)
     fills, pixels = [], []
     for i, m in enumerate(masks):
-        if m.sum() < min_pixels:
+        if m.sum() < min_pixels or m.mean() > 0.5:  # nothing, or no plain background to stand out from
             continue
         ys, xs = np.nonzero(m)
         centres[i] = (xs.mean() + 0.5, ys.mean() + 0.5)

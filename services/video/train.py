@@ -83,7 +83,7 @@ def quick_eval(pipe, n: int, steps: int = 15, guidance: float = 1.5, seed: int =
     return acc
 
 
-def train(args) -> None:
+def train(args) -> None:  # noqa: C901 - one loop, read top to bottom
     from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline
 
     import services.image.pipeline  # noqa: F401 - registers the image pipeline
@@ -98,7 +98,7 @@ def train(args) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
 
     image = DiffusionPipeline.from_pretrained(args.init_from, dtype=torch.float32, local_files_only=True)
-    unet = GenstackVideoUNet.from_image_unet(image.unet.float(), prompt_dim=args.prompt_dim)
+    unet = GenstackVideoUNet.from_image_unet(image.unet.float(), prompt_dim=args.prompt_dim, warp=args.warp)
     schedule = dict(image.scheduler.config)
     scheduler = DDIMScheduler.from_config(schedule)
     noise_sched = DDPMScheduler.from_config(schedule)
@@ -106,7 +106,9 @@ def train(args) -> None:
     pipe.set_progress_bar_config(disable=True)
     alphas = noise_sched.alphas_cumprod
     snr = alphas / (1 - alphas)
-    weights = torch.clamp(snr, max=args.snr_gamma) / (snr + 1)  # min-SNR for v-prediction
+    # min-SNR for v-prediction; --snr-gamma 0: every timestep weighs the same (min-SNR all but ignores the
+    # noisiest steps, which are where the frames' layout, and so the motion, is decided)
+    weights = torch.clamp(snr, max=args.snr_gamma) / (snr + 1) if args.snr_gamma else torch.ones_like(snr)
 
     unet.requires_grad_(False)
     motion = unet.motion_parameters()
@@ -192,6 +194,9 @@ def train(args) -> None:
             break
         idx = rng.integers(len(train_scenes), size=args.batch)
         clips = np.stack([scenes.render(train_scenes[i], rng) for i in idx])  # B, F, H, W, 3
+        if args.frames < scenes.FRAMES:  # a window of the 16-frame clip: same motion per frame, cheaper steps
+            first = int(rng.integers(scenes.FRAMES - args.frames + 1))
+            clips = clips[:, first:first + args.frames]
         x0 = torch.from_numpy(clips).permute(0, 4, 1, 2, 3).float() / 127.5 - 1  # B, 3, F, H, W
         texts = ["" if rng.random() < args.p_uncond else scenes.sample_train_prompt(train_scenes[i], rng)
                  for i in idx]
@@ -200,7 +205,10 @@ def train(args) -> None:
         shared = torch.from_numpy(np.where(rng.random(args.batch) < 0.5, 0.0,
                                            rng.uniform(0, args.max_shared, args.batch))).float()
         noise = correlated_noise(x0.shape, shared)
-        t = torch.randint(0, noise_sched.config.num_train_timesteps, (args.batch,))
+        steps_total = noise_sched.config.num_train_timesteps
+        t = torch.randint(0, steps_total, (args.batch,))
+        high = torch.rand(args.batch) < args.p_high  # the spatial model already knows the low-noise end
+        t = torch.where(high, torch.randint(int(steps_total * 0.4), steps_total, (args.batch,)), t)
         tt = t.view(-1, 1, 1, 1, 1)
         a = alphas[tt].sqrt()
         s = (1 - alphas[tt]).sqrt()
@@ -243,12 +251,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--max-minutes", type=float, default=0, help="stop (and save) after this wall time; 0: none")
     p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--frames", type=int, default=8,
+                   help="frames per training clip: a window of the 16-frame render (the motion modules are local "
+                        "in time, so they run on 16 frames after training on 8 at half the cost)")
     p.add_argument("--lr", type=float, default=1e-3, help="motion modules' learning rate")
     p.add_argument("--spatial-lr", type=float, default=0.0, help="spatial UNet's learning rate; 0: frozen")
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--ema", type=float, default=0.995)
-    p.add_argument("--snr-gamma", type=float, default=5.0)
+    p.add_argument("--snr-gamma", type=float, default=0.0, help="min-SNR gamma; 0: uniform weights")
+    p.add_argument("--p-high", type=float, default=0.5,
+                   help="share of clips whose timestep is drawn from the noisiest 60 %% only")
     p.add_argument("--prompt-dim", type=int, default=128)
+    p.add_argument("--warp", action=argparse.BooleanOptionalAction, default=True,
+                   help="motion modules translate each frame's features by a velocity read from the prompt")
     p.add_argument("--max-shared", type=float, default=0.8, help="largest share of frame-shared noise in training")
     p.add_argument("--p-uncond", type=float, default=0.1)
     p.add_argument("--save-dtype", default="float16", choices=["float16", "bfloat16", "float32"])
