@@ -4,8 +4,10 @@ Off unless the standard variables ask for it: `OTEL_TRACES_EXPORTER` (otlp, cons
 or `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`; `OTEL_SDK_DISABLED=true`
 wins over both. Everything else is read by the SDK itself (`OTEL_SERVICE_NAME`,
 `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`, `OTEL_EXPORTER_OTLP_PROTOCOL`, headers, ...).
-While off, nothing of OpenTelemetry is imported and `span()` returns a shared do-nothing object,
-so the instrumented code paths cost a function call.
+While off, genstack sets nothing up (no provider, exporter or instrumentation; this module imports
+no OpenTelemetry code) and `span()` returns a shared do-nothing object, so the instrumented code
+paths cost a function call. (redis-py 8 imports the OpenTelemetry API by itself when it is
+installed; with no provider set it records nothing.)
 
 What one job's trace holds: the client's call (gRPC client instrumentation, or the Celery
 producer span), the orchestrator's server span or task span, the job span (`job <kind>`, whose
