@@ -201,8 +201,8 @@ def test_ask_job_streams_its_answer_and_shows_cited_sources(page):
     passages = " ".join(s.find_element(By.CSS_SELECTOR, ".passage").text for s in sources)
     assert "1889" in passages  # the retrieved passage itself is shown
     bars = driver.find_elements(By.CSS_SELECTOR, "#timeline .bar-row")
-    assert [b.find_element(By.CSS_SELECTOR, ".mono").text for b in bars][:3] == ["retrieve", "build_context",
-                                                                               "generate_answer"]
+    assert [b.find_element(By.CSS_SELECTOR, ".mono").text for b in bars][:4] == ["retrieve", "screen_sources",
+                                                                               "build_context", "generate_answer"]
     _wait(driver, lambda: driver.find_element(By.ID, "live").text.lower() == "ended", 20, "the stream's end")
     # the job list shows it
     _wait(driver, lambda: driver.find_elements(By.CSS_SELECTOR, "#jobs tbody tr"), 20, "the job list")

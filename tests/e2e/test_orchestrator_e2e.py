@@ -99,7 +99,9 @@ def test_answer_cites_the_right_document(stack):
     assert cited == {"paris"}, (a.answer, [(c.index, c.document_id) for c in a.citations])
     assert "1889" in a.answer
     # the record keeps every step with its input, output, transport and timing
-    steps = [(s.name, s.transport, s.status) for s in record.steps]
+    screened = [s for s in record.steps if s.name == "screen_sources"]
+    assert [(s.service, s.status) for s in screened] == [("validator", "ok")], "sources are screened for injection"
+    steps = [(s.name, s.transport, s.status) for s in record.steps if s.name != "screen_sources"]
     assert steps[:3] == [("retrieve", "grpc", "ok"), ("build_context", "", "ok"), ("generate_answer", "grpc", "ok")]
     assert steps[3][:2] == ("cite_answer", "") and steps[3][2] in ("ok", "unchanged")
     assert steps[4] == ("validate_answer", "celery", "ok")
@@ -202,7 +204,7 @@ def test_queue_submitted_job_is_the_same_job(stack):
     record = client.get_job(job_id)
     assert record.request.answer.question == "Where do bees dance?"
     assert pb.JobState.Name(record.state) == result["job"]["state"]
-    assert [s.name for s in record.steps][:2] == ["retrieve", "build_context"]
+    assert [s.name for s in record.steps][:3] == ["retrieve", "screen_sources", "build_context"]
 
 
 def test_unknown_job_is_not_found(stack):

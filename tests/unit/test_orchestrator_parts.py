@@ -227,8 +227,8 @@ def test_citations_are_attached_only_where_one_source_supports_the_sentence():
 
 
 def test_pipelines_are_data_and_checked(tmp_path):
-    assert [s.name for s in shipped()["answer"].steps] == ["retrieve", "build_context", "generate_answer",
-                                                         "cite_answer", "validate_answer"]
+    assert [s.name for s in shipped()["answer"].steps] == ["retrieve", "screen_sources", "build_context",
+                                                         "generate_answer", "cite_answer", "validate_answer"]
     f = tmp_path / "p.json"
     f.write_text('{"quick-answer": {"kind": "answer", "steps": [{"name": "retrieve"}, {"name": "build_context"},'
                  ' {"name": "generate_answer"}]}}')
