@@ -249,16 +249,25 @@ class ValidatorCore:
         parsed = urlparse(uri)
         if parsed.scheme != "file":
             raise InvalidArgument(f"only file:// URIs are supported (got {uri!r})", field="artifact.ref.uri")
-        path = Path(unquote(parsed.path)).resolve()
-        if not path.is_relative_to(root):
-            raise InvalidArgument(f"must lie inside the artifact root {root} (got {path})", field="artifact.ref.uri")
         kind = mime_type.split("/")[0]
         if kind not in ("image", "video"):
             raise InvalidArgument(f"must be image/* or video/* (got {mime_type!r})", field="artifact.ref.mime_type")
+
+        def unreadable(why: str) -> NotFound:
+            # One answer for missing, outside the root, not a file, unreadable and a wrong sha256, so
+            # that a client learns nothing about the host's files; the reason goes to the log.
+            log.warning("artifact ref refused: %s", why, extra={"fields": {"uri": uri}})
+            return NotFound("artifact.ref.uri: no artifact at that URI that this validator may read")
+
+        path = Path(unquote(parsed.path)).resolve()
+        if not path.is_relative_to(root):
+            raise unreadable(f"{path} is outside the artifact root {root}")
         try:
             size = path.stat().st_size
-        except FileNotFoundError:
-            raise NotFound(f"artifact.ref.uri: no artifact at {uri}") from None
+        except OSError as exc:
+            raise unreadable(f"{path}: {exc.strerror}") from None
+        if not path.is_file():
+            raise unreadable(f"{path} is not a regular file")
         if size > self.settings.max_payload_bytes:
             raise ResourceExhausted(
                 f"artifact.ref: {size} bytes exceed the limit of {self.settings.max_payload_bytes} bytes "
@@ -266,5 +275,5 @@ class ValidatorCore:
             )
         data = path.read_bytes()
         if sha256 and hashlib.sha256(data).hexdigest() != sha256.lower():
-            raise InvalidArgument("the file's sha256 does not match artifact.ref.sha256", field="artifact.ref.sha256")
+            raise unreadable(f"{path}: its sha256 differs from artifact.ref.sha256")
         return Artifact.of_image(data) if kind == "image" else Artifact.of_video(data)
