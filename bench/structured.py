@@ -114,13 +114,16 @@ def is_valid(value, schema: dict) -> bool:
     return v.is_valid(value)
 
 
-def run_model(api: GeneratorApi, model: str, prompts: int, tokens: int) -> dict:
+def run_model(api: GeneratorApi, model: str, prompts: int, tokens: int, only: set[int] | None = None,
+              partial: Path | None = None) -> dict:
     engine = api.core.engine(model)
     warm = pb.GenerateRequest(model=model, prompt="Hello", sampling=pb.SamplingParams(max_new_tokens=4))
     api.Generate(warm, CallContext())
     _ = engine.grammars.tokenizer  # built once per model; reported apart from the per-schema compile
     rows = []
-    for label, topic, schema in SCHEMAS:
+    for number, (label, topic, schema) in enumerate(SCHEMAS, 1):
+        if only and number not in only:
+            continue
         schema_text = json.dumps(schema)
         row = {"schema": label, "compile_ms": None, "c_valid": 0, "u_valid": 0, "n": 0, "c_tps": [], "u_tps": [],
                "ratios": [], "c_tokens": [], "mask_ms_per_token": [], "incomplete": 0}
@@ -154,6 +157,9 @@ def run_model(api: GeneratorApi, model: str, prompts: int, tokens: int) -> dict:
             if not c_ok:
                 print(f"  INVALID constrained [{label}]: {c.text!r}", file=sys.stderr)
         rows.append(row)
+        if partial is not None:  # a long run on a busy machine keeps what it measured so far
+            partial.write_text(json.dumps({"model": model, "tokenizer_ms": engine.grammars.tokenizer_ms,
+                                           "rows": rows}, indent=1))
         print(f"  {model:<13} {label:<24} valid {row['c_valid']}/{row['n']} vs {row['u_valid']}/{row['n']}  "
               f"tok/s {statistics.median(row['c_tps']):.1f} vs {statistics.median(row['u_tps']):.1f}  "
               f"compile {row['compile_ms']:.1f} ms", file=sys.stderr, flush=True)
@@ -248,15 +254,21 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=96, help="max_new_tokens of every request")
     ap.add_argument("--json", type=Path, default=None, help="also write the raw figures here")
     ap.add_argument("--mask-only", action="store_true", help="only time the mask application (no model)")
+    ap.add_argument("--schemas", default="", help="only these schema numbers, e.g. 4-10 or 1,7,10 (default: all)")
     args = ap.parse_args()
     if args.mask_only:
         mask_speed()
         return 0
     api = GeneratorApi(GeneratorCore())
     started = time.perf_counter()
-    results = [run_model(api, m, args.prompts, args.tokens) for m in args.models]
+    only: set[int] = set()
+    for part in filter(None, args.schemas.split(",")):
+        lo, _, hi = part.partition("-")
+        only.update(range(int(lo), int(hi or lo) + 1))
+    partial = args.json.with_suffix(".partial.json") if args.json else None
+    results = [run_model(api, m, args.prompts, args.tokens, only, partial) for m in args.models]
     report(results)
-    print(f"\n{len(SCHEMAS)} schemas x {args.prompts} prompts x {len(args.models)} models, max_new_tokens "
+    print(f"\n{len(only) or len(SCHEMAS)} schemas x {args.prompts} prompts x {len(args.models)} models, max_new_tokens "
           f"{args.tokens}, {os.environ['GENSTACK_TORCH_THREADS']} torch thread(s); "
           f"{time.perf_counter() - started:.0f} s")
     if args.json:

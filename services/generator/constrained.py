@@ -5,8 +5,9 @@ matcher that masks the logits before sampling and consumes the sampled token aft
 The token mask arrives as a packed bitmask (one bit per vocabulary entry, 32 per int32). It is
 expanded with plain torch ops: each mask byte indexes a 256 x 8 table of additive biases (0 for an
 allowed token, -inf otherwise), so one `index_select` and one `add_` mask the logits: about 3.5x
-faster than a bit-by-bit torch unpack on Qwen's 151,936 logits (`bench/structured.py --mask-only`). llguidance's own `llguidance.torch` helper is not used: it is `torch.compile`-wrapped and
-its first call needs a C compiler and half a minute.
+faster than a bit-by-bit torch unpack on Qwen's 151,936 logits (`bench/structured.py --mask-only`).
+llguidance's own `llguidance.torch` helper is not used: it is `torch.compile`-wrapped and its first
+call needs a C compiler and half a minute.
 """
 
 from __future__ import annotations
