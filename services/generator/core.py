@@ -15,7 +15,7 @@ from services.generator.constrained import ResponseFormat
 from services.generator.engine import Delta, Engine, EngineRequest, Finished, LoadedModel, SamplingConfig
 from services.generator.settings import GeneratorSettings
 from shared.config import Settings, get_settings
-from shared.errors import InvalidArgument, Unavailable, require
+from shared.errors import InvalidArgument, ResourceExhausted, Unavailable, require
 from shared.progress import report
 from shared.runtime import configure_torch
 
@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 MAX_STOP_SEQUENCES = 16
 MAX_TOP_LOGPROBS = 20
 MAX_TOKENIZE_CHARS = 1_000_000
+#: longest prompt (or all messages together) in characters, checked before tokenizing
+MAX_PROMPT_CHARS = 400_000
 CHAT_ROLES = ("system", "user", "assistant")
 
 
@@ -185,6 +187,10 @@ class GeneratorCore:
     def check(self, req: GenerationRequest) -> SamplingConfig:
         """Validate everything that needs no model, and fill in defaults."""
         s = self.settings
+        chars = len(req.prompt) + sum(len(c) for _, c in req.messages)  # before any tokenizing (issue 18)
+        if chars > MAX_PROMPT_CHARS:
+            raise ResourceExhausted(f"{'messages' if req.messages else 'prompt'}: {chars} characters; the limit is "
+                                    f"{MAX_PROMPT_CHARS}")
         has_prompt, has_messages = bool(req.prompt), bool(req.messages)
         if not has_prompt and not has_messages:
             raise InvalidArgument("one of prompt or messages is required (both are empty)", field="prompt")
@@ -202,7 +208,7 @@ class GeneratorCore:
         top_k = 0 if req.top_k is None else req.top_k
         require(top_k >= 0, "sampling.top_k", ">= 0 (0 = off)", top_k)
         penalty = 1.0 if req.repetition_penalty is None else req.repetition_penalty
-        require(penalty > 0, "sampling.repetition_penalty", "> 0 (1 = off)", penalty)
+        require(0.01 <= penalty <= 100, "sampling.repetition_penalty", "between 0.01 and 100 (1 = off)", penalty)
         require(len(req.stop) <= MAX_STOP_SEQUENCES, "sampling.stop",
                 f"at most {MAX_STOP_SEQUENCES} sequences", len(req.stop))
         require(all(req.stop), "sampling.stop", "non-empty strings")

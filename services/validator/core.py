@@ -206,7 +206,7 @@ class ValidatorCore:
         started = time.perf_counter()
         context = context or Context()
         policy_name, planned = self.plan(artifact, context, policy, list(checks or []))
-        subject = Subject(artifact, context, self.resources)
+        subject = Subject(artifact, context, self.resources, check_alive)
         results: list[CheckResult] = []
         for item in planned:
             if check_alive is not None:

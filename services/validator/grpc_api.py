@@ -37,7 +37,11 @@ def context_from_proto(msg: validator_pb2.ValidationContext) -> Context:
 
 
 def spec_from_proto(msg: validator_pb2.CheckSpec) -> CheckSpec:
-    params = json_format.MessageToDict(msg.params) if msg.HasField("params") else {}
+    try:
+        params = json_format.MessageToDict(msg.params) if msg.HasField("params") else {}
+    except ValueError:  # NaN or Infinity in the Struct: no JSON for them, and no meaning as a parameter
+        raise InvalidArgument(f"parameters of check {msg.name!r} must be finite numbers (got NaN or Infinity)",
+                              field="checks.params") from None
     return CheckSpec(msg.name, _ints(params), msg.label, msg.advisory)
 
 

@@ -21,7 +21,8 @@ from shared.errors import InvalidArgument
 class Params(BaseModel):
     """Base of every check's parameters: unknown keys are rejected."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and Infinity are never meaningful thresholds (a NaN compares false with everything)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 @dataclass(frozen=True)
@@ -76,9 +77,11 @@ def check(name: str, *, kinds: tuple[str, ...], params: type[Params], descriptio
 class Subject:
     """What a check reads: the artifact, its context, shared models and decoded media (cached)."""
 
-    def __init__(self, artifact: Artifact, context: Context, resources):
+    def __init__(self, artifact: Artifact, context: Context, resources, alive: Callable[[], None] | None = None):
         self.artifact = artifact
         self.context = context
+        #: raises when the caller has gone away or its deadline passed; long checks call it as they go
+        self.alive = alive or (lambda: None)
         #: services.validator.core.Resources: embedder, tokenizer, injection detector, settings
         self.resources = resources
         self._cache: dict[str, Any] = {}

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
+import re
+import time
 from typing import Any
 
 import regex
@@ -37,7 +41,66 @@ class JsonSchemaParams(Params):
         except exceptions.SchemaError as exc:
             where = "/" + "/".join(str(p) for p in exc.absolute_path) if exc.absolute_path else "the root"
             raise ValueError(f"invalid JSON Schema at {where}: {exc.message}") from None
+        except RecursionError:
+            raise ValueError("the JSON Schema is nested too deeply") from None
         return schema
+
+
+# Schema patterns (`pattern`, `patternProperties`, and the latter's use by `additionalProperties`)
+# run on the regex module with a time budget and without holding the GIL: jsonschema itself calls
+# `re.search`, which a pattern like ^(a+)+$ keeps busy for minutes on 30 characters, freezing every
+# other request of the process. The budget applies only inside this check (a context variable);
+# elsewhere the stand-in behaves exactly like `re`.
+SCHEMA_PATTERN_BUDGET_S = 1.0
+_PATTERN_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("pattern_deadline", default=None)
+
+
+class PatternTimeout(Exception):  # noqa: N818 - a budget, not a bug
+    def __init__(self, pattern: str):
+        super().__init__(pattern)
+        self.pattern = pattern
+
+
+class _BudgetedRe:
+    """Stands in for the `re` module inside jsonschema (see above)."""
+
+    def __init__(self, real):
+        self._real = real
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def search(self, pattern, string, flags=0):
+        deadline = _PATTERN_DEADLINE.get()
+        if deadline is None:
+            return self._real.search(pattern, string, flags)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise PatternTimeout(pattern)
+        try:
+            return regex.search(pattern, string, flags, timeout=remaining, concurrent=True)
+        except TimeoutError:
+            raise PatternTimeout(pattern) from None
+        except regex.error:  # a pattern `re` accepts but regex does not: let `re` decide, untimed
+            return self._real.search(pattern, string, flags)
+
+
+def _install_budgeted_re() -> None:
+    import jsonschema._keywords
+    import jsonschema._utils
+
+    for module in (jsonschema._keywords, jsonschema._utils):
+        if getattr(module, "re", None) is re:
+            module.re = _BudgetedRe(re)
+
+
+@contextlib.contextmanager
+def pattern_budget(seconds: float):
+    token = _PATTERN_DEADLINE.set(time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        _PATTERN_DEADLINE.reset(token)
 
 
 _FENCE = regex.compile(r"^\s*```[A-Za-z0-9_+-]*[ \t]*\n(.*?)\n?[ \t]*```\s*$", regex.DOTALL)
@@ -62,6 +125,9 @@ def json_schema(p: JsonSchemaParams, s: Subject) -> CheckOutcome:
     text = _strip_fence(s.text) if p.allow_code_fence else s.text
     try:
         instance = json.loads(text)
+    except RecursionError:
+        return CheckOutcome(False, 0.0, "not valid JSON within limits: nested too deeply", [],
+                            "Return flat, valid JSON; the output nests arrays or objects too deeply.")
     except json.JSONDecodeError as exc:
         fenced = s.text.strip().startswith("```")
         hint = " without a Markdown code fence" if fenced and not p.allow_code_fence else ""
@@ -76,15 +142,26 @@ def json_schema(p: JsonSchemaParams, s: Subject) -> CheckOutcome:
     from jsonschema import FormatChecker, validators
     from referencing.exceptions import Unresolvable
 
+    _install_budgeted_re()
     validator_cls = validators.validator_for(p.schema_)
     validator = validator_cls(p.schema_, format_checker=FormatChecker())
     try:
-        errors = sorted(validator.iter_errors(instance), key=lambda e: (list(e.absolute_path), e.message))
+        with pattern_budget(SCHEMA_PATTERN_BUDGET_S):
+            errors = sorted(validator.iter_errors(instance), key=lambda e: (list(e.absolute_path), e.message))
     except Unresolvable as exc:
         raise InvalidArgument(
             f"the schema's reference {exc.ref!r} cannot be resolved (remote references are not fetched)",
             field="params.schema",
         ) from None
+    except PatternTimeout as exc:
+        raise InvalidArgument(
+            f"the schema's pattern {exc.pattern[:100]!r} took longer than {SCHEMA_PATTERN_BUDGET_S:g} s on this "
+            "text (catastrophic backtracking?)",
+            field="params.schema",
+        ) from None
+    except RecursionError:
+        raise InvalidArgument("the schema refers to itself without end (e.g. {\"$ref\": \"#\"}) or nests too "
+                              "deeply", field="params.schema") from None
     if not errors:
         return CheckOutcome(True, 1.0, "valid JSON that satisfies the schema")
     shown = errors[: p.max_errors]
@@ -143,13 +220,13 @@ def regex_check(p: RegexParams, s: Subject) -> CheckOutcome:
     what = p.description or f"the pattern /{p.pattern}/"
     try:
         if p.must_match:
-            m = rx.search(s.text, timeout=REGEX_TIMEOUT_S)
+            m = rx.search(s.text, timeout=REGEX_TIMEOUT_S, concurrent=True)
             if m:
                 return CheckOutcome(True, 1.0, f"matches {what} at {m.start()}-{m.end()}",
                                     [Evidence("match", m.group(0), "artifact", m.start(), m.end())])
             return CheckOutcome(False, 0.0, f"does not match {what}", [],
                                 f"The output must match {what}; rewrite it so that it does.")
-        matches = list(rx.finditer(s.text, timeout=REGEX_TIMEOUT_S))
+        matches = list(rx.finditer(s.text, timeout=REGEX_TIMEOUT_S, concurrent=True))
     except TimeoutError:
         raise InvalidArgument(
             f"the pattern took longer than {REGEX_TIMEOUT_S:.0f} s on this text (catastrophic backtracking?)",
