@@ -29,6 +29,7 @@ from shared.errors import (
     from_status,
     translate,
 )
+from shared.redact import redact
 from shared.rpc import CallContext, Method, ServiceApi, methods_of
 from shared.services import get_spec, load
 
@@ -289,7 +290,8 @@ def _closer(call):
 
 def _from_rpc_error(exc: grpc.RpcError) -> GenstackError:
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
-    details = exc.details() if hasattr(exc, "details") else str(exc)
+    # transport errors name addresses ("failed to connect to ipv4:10.0.0.7:50053"): not for clients
+    details = redact(exc.details() if hasattr(exc, "details") else str(exc))
     if code == grpc.StatusCode.CANCELLED:
         return Cancelled(details or "cancelled")
     return from_status(code, details or "")
@@ -301,7 +303,7 @@ def from_celery_error(exc: BaseException, timeout: float) -> GenstackError:
     if isinstance(exc, CeleryTimeout):
         return DeadlineExceeded(f"no result within {timeout:.1f}s")
     name = type(exc).__name__
-    message = str(exc.args[0]) if exc.args else str(exc)
+    message = redact(str(exc.args[0]) if exc.args else str(exc))
     if name in ("ConnectionError", "OperationalError") or translate(exc).retryable:
         return Unavailable(f"broker unreachable: {message}")
     err = from_name(name, message)

@@ -67,8 +67,9 @@ def resolve(name: str, cache: Path, allow_any: bool) -> tuple[str, Path | str]:
         path = Path(name).expanduser()
         return name, path if path.is_dir() else name
     known = ", ".join(REGISTRY)
+    named = f" {name!r}" if "/" not in name else ""  # echo a typo, not a path
     if allow_any:
-        raise InvalidArgument(f"unknown model {name!r}; allowed: {known}, a Hugging Face id or a local folder",
+        raise InvalidArgument(f"unknown model{named}; allowed: {known}, a Hugging Face id or a local folder",
                               field="model")
-    raise InvalidArgument(f"unknown model {name!r}; allowed: {known} (an operator can allow other models with "
+    raise InvalidArgument(f"unknown model{named}; allowed: {known} (an operator can allow other models with "
                           "GENSTACK_GENERATOR_ALLOW_ANY_MODEL)", field="model")
