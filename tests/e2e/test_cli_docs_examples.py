@@ -150,6 +150,10 @@ def doc_env(tmp_path_factory):
         "GENSTACK_ORCHESTRATOR_ANSWER_MAX_NEW_TOKENS": "24",
         "GENSTACK_GENERATOR_DEFAULT_MAX_NEW_TOKENS": "16",
         "GENSTACK_TORCH_THREADS": "1",
+        # a client's default deadline (300 s) is minutes of slack on a quiet machine, but ingesting
+        # the docs took longer than that on a 2-core VM at load 20: the walk checks behaviour, not speed
+        "GENSTACK_DEFAULT_DEADLINE_S": "3000",
+        "GENSTACK_ORCHESTRATOR_DEFAULT_DEADLINE_S": "3000",
         "PYTHONUNBUFFERED": "1",
     }
     env.pop("GENSTACK_TRANSPORT", None)
