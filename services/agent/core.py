@@ -122,7 +122,22 @@ class AgentCore:
         return RunStore(backend, self.settings.retention_s)
 
     def warm_up(self) -> None:
-        """Nothing to load: the agent's models live in the generator."""
+        """The agent has no model of its own; embedded (inproc), the generator and the validator it
+        calls run in this process, so they start loading now rather than at the first decision."""
+        if self.base.transport == "inproc" and self._client is None:
+            # on a thread: inproc_api holds its lock while this warm-up runs, so loading them here
+            # directly would wait for ourselves
+            def preload() -> None:
+                from shared.client import inproc_api
+
+                try:
+                    inproc_api("generator")
+                    if self.settings.injection_check:
+                        inproc_api("validator")
+                except Exception:  # noqa: BLE001 - the first decision reports the same error
+                    log.warning("preloading the in-process generator/validator failed", exc_info=True)
+
+            threading.Thread(target=preload, name="agent-preload", daemon=True).start()
 
     def client(self, service: str):
         if self._client is not None:

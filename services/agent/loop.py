@@ -143,7 +143,8 @@ class AgentLoop:
             out[-1] = ("user", f"{out[-1][1]}\n{hint}")
         elif self.steps:
             left = self.spec.budget.max_steps - self.usage.steps
-            out[-1] = ("user", f"{out[-1][1]}\n({left} tool call{'s' if left != 1 else ''} left.)")
+            out[-1] = ("user", f"{out[-1][1]}\n({left} tool call{'s' if left != 1 else ''} left. If the results "
+                               "answer the task, call final_answer.)")
         return out
 
     # -- helpers -----------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ class AgentSettings(ServiceSettings):
     final_answer_seconds: float = Field(
         120.0, description="Seconds the forced final answer may take beyond an exhausted time budget")
     answer_max_chars: int = Field(600, description="Longest final answer (the final_answer schema's maxLength)")
-    search_top_k: int = Field(3, description="Passages the search tool returns when the model sets no top_k")
+    search_top_k: int = Field(2, description="Passages the search tool returns when the model sets no top_k")
     observation_chars: int = Field(1200, description="Longest tool observation shown to the model (longer is cut)")
     hit_chars: int = Field(400, description="Longest passage text per search hit shown to the model")
     injection_check: bool = Field(True, description="Screen tool and document text with the validator's injection "
