@@ -14,6 +14,7 @@ from services.generator import registry
 from services.generator.constrained import ResponseFormat
 from services.generator.engine import Delta, Engine, EngineRequest, Finished, LoadedModel, SamplingConfig
 from services.generator.settings import GeneratorSettings
+from shared import metrics
 from shared.config import Settings, get_settings
 from shared.errors import InvalidArgument, ResourceExhausted, Unavailable, require
 from shared.progress import report
@@ -252,6 +253,7 @@ class GeneratorCore:
             constraint, compile_ms, cached = engine.grammars.constraint(req.response_format)
         er = engine.submit(EngineRequest(ids, sampling, cancelled, prepare_ms=prepare_ms, constraint=constraint,
                                          grammar_compile_ms=compile_ms, grammar_cached=cached))
+        metrics.observe_engine(engine.loaded.name, engine)
         return er, engine.loaded.name, sampling.seed
 
     # -- introspection ------------------------------------------------------------------------
@@ -282,13 +284,13 @@ class GeneratorCore:
         return TokenizeResult(rendered, tokens, lm.name)
 
     def stream(self, req: GenerationRequest, cancelled: Callable[[], bool]) -> Iterator[Delta | Finished]:
-        er, _, _ = self.start(req, cancelled)
-        yield from er.events()
+        er, model, _ = self.start(req, cancelled)
+        yield from metrics.watch_generation(er.events(), model)
 
     def generate(self, req: GenerationRequest, cancelled: Callable[[], bool] = lambda: False) -> GenerationResult:
         er, model, seed = self.start(req, cancelled)
         parts, tokens = [], []
-        for event in er.events():
+        for event in metrics.watch_generation(er.events(), model):
             tokens.extend(event.tokens)
             if isinstance(event, Delta):
                 parts.append(event.text)
