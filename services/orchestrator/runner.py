@@ -111,6 +111,7 @@ class JobRun:
 
     def note_retry(self, step: str, method: str, exc: GenstackError, attempt: int, wait_s: float) -> None:
         text = f"{method} attempt {attempt}: {exc.code.name}: {exc.message}"[:300]
+        metrics.CALL_RETRIES.labels(step, exc.code.name).inc()
         if self._rec is not None:
             self._rec.retries.append(text)
         self.emit("step.retry", step, {"method": method, "attempt": attempt, "code": exc.code.name,
