@@ -364,8 +364,8 @@ class OrchestratorCore:
             self._start_maintainer()
             if resume and left <= 0:
                 raise DeadlineExceeded("the job's deadline passed while no orchestrator ran it")
-            with tracing.span(f"job {job.kind}", {"genstack.job_id": job.job_id, "genstack.pipeline": job.pipeline},
-                              parent=job.trace_parent or None), \
+            with tracing.span(f"job {job.kind}", {"genstack.job_id": job.job_id, "genstack.pipeline": job.pipeline,
+                                                  "genstack.resumed": resume}, parent=job.trace_parent or None), \
                     metrics.track_job(job.kind, lambda: opb.JobState.Name(job.state)):
                 return run.run()
         except DeadlineExceeded as exc:
