@@ -47,6 +47,8 @@ class Validator:
         self.requests = []
 
     def validate(self, request, timeout=None):
+        if not request.policy and [c.name for c in request.checks] == ["prompt_injection"]:
+            return vpb.ValidateResponse(passed=True, score=1.0)  # the screen_sources step: nothing flagged
         self.requests.append(request)
         passed, score, feedback, evidence = self.table[request.artifact.text]
         result = vpb.CheckResult(name="answers_question", passed=passed, score=score, feedback=feedback,
@@ -89,7 +91,8 @@ def test_when_every_attempt_fails_the_best_scoring_one_is_reported_not_the_last(
              last: (False, 0.2, "source [1] holds it", HINT)}
     record, gen, val = run_job([worse, best, last], table)
     assert record.state == pb.JOB_STATE_FAILED and record.error_code == "FAILED_PRECONDITION"
-    assert record.answer.answer == best  # neither the last attempt nor a mix of attempts
+    # neither the last attempt nor a mix of attempts; and, rejected, it is not returned as the answer
+    assert record.answer.rejected and record.answer.rejected_answer == best and record.answer.answer == ""
     assert record.answer.verdict.score == pytest.approx(0.8)
     assert record.answer.attempts == 3 and record.answer.answered
     # the refusal was validated too, with the refusal policy

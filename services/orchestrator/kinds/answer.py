@@ -252,6 +252,8 @@ def fill_result(job: opb.Job, state) -> None:
     )
     if verdict is not None:
         result.verdict.CopyFrom(verdict)
+        if not verdict.passed:  # kept for inspection, never returned as the answer
+            result.rejected, result.rejected_answer, result.answer = True, result.answer, ""
     job.answer.CopyFrom(result)
 
 
