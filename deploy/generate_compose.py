@@ -50,7 +50,10 @@ x-build-args: &build-args
 
 # Settings every genstack container reads (shared/config.py and each service's settings.py).
 x-env: &env
-  GENSTACK_REDIS_URL: redis://redis:6379/0
+  # Redis requires a password (REDIS_PASSWORD in .env); bearer tokens are on when a tokens file is mounted
+  GENSTACK_REDIS_URL: redis://:${REDIS_PASSWORD:-change-me}@redis:6379/0
+  GENSTACK_AUTH_TOKENS_FILE: ${GENSTACK_AUTH_TOKENS_FILE:-}
+  GENSTACK_AUTH_TOKEN: ${GENSTACK_AUTH_TOKEN:-}
   GENSTACK_TRANSPORT: grpc
   GENSTACK_GRPC_BIND_HOST: 0.0.0.0
   GENSTACK_HOME: /var/lib/genstack
@@ -101,8 +104,12 @@ services:
   redis:
     image: redis:7.4-alpine
     # AOF persistence: queued tasks, results and job records survive a restart
-    command: ["redis-server", "--appendonly", "yes", "--appendfsync", "everysec", "--maxmemory-policy", "noeviction"]
+    command: ["redis-server", "--appendonly", "yes", "--appendfsync", "everysec", "--maxmemory-policy", "noeviction",
+              "--requirepass", "${REDIS_PASSWORD:-change-me}"]
     restart: unless-stopped
+    environment:
+      # redis-cli (the health check) reads its password from REDISCLI_AUTH
+      REDISCLI_AUTH: ${REDIS_PASSWORD:-change-me}
     volumes:
       - redis-data:/data
     healthcheck:
@@ -116,7 +123,8 @@ services:
 #: infrastructure a catalogue entry may need: its compose service and the settings that point at it
 _INFRA = {
     "weaviate": {
-        "env": "  GENSTACK_RETRIEVER_BACKEND: weaviate\n  GENSTACK_RETRIEVER_WEAVIATE_URL: http://weaviate:8080\n",
+        "env": "  GENSTACK_RETRIEVER_BACKEND: weaviate\n  GENSTACK_RETRIEVER_WEAVIATE_URL: http://weaviate:8080\n"
+               "  GENSTACK_RETRIEVER_WEAVIATE_API_KEY: ${WEAVIATE_API_KEY:-change-me}\n",
         "service": """
   weaviate:
     # >= 1.27 (weaviate-client 4.24.1 refuses older servers); vectors come from genstack
@@ -127,7 +135,11 @@ _INFRA = {
       DEFAULT_VECTORIZER_MODULE: none
       ENABLE_MODULES: ""
       PERSISTENCE_DATA_PATH: /var/lib/weaviate
-      AUTHENTICATION_ANONYMOUS_ACCESS_ENABLED: "true"
+      # API keys only (WEAVIATE_API_KEY in .env); the retriever sends the same key
+      AUTHENTICATION_ANONYMOUS_ACCESS_ENABLED: "false"
+      AUTHENTICATION_APIKEY_ENABLED: "true"
+      AUTHENTICATION_APIKEY_ALLOWED_KEYS: ${WEAVIATE_API_KEY:-change-me}
+      AUTHENTICATION_APIKEY_USERS: genstack-retriever
       QUERY_DEFAULTS_LIMIT: "25"
       CLUSTER_HOSTNAME: node1
       DISABLE_TELEMETRY: "true"
