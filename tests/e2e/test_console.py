@@ -196,7 +196,8 @@ def test_ask_job_streams_its_answer_and_shows_cited_sources(page):
     assert types[0] == "job.queued" and "generate.delta" in types and "step.finished" in types, types
     answer = _wait(driver, lambda: driver.find_element(By.ID, "answer").text.strip(), 20, "the answer")
     assert len(answer) > 3
-    sources = driver.find_elements(By.CSS_SELECTOR, "#sources li")
+    # the sources come with the final record, fetched when the job's last event arrived
+    sources = _wait(driver, lambda: driver.find_elements(By.CSS_SELECTOR, "#sources li"), 30, "the sources")
     assert len(sources) == 2
     passages = " ".join(s.find_element(By.CSS_SELECTOR, ".passage").text for s in sources)
     assert "1889" in passages  # the retrieved passage itself is shown
