@@ -35,6 +35,7 @@ def genstack(*args, env, timeout=600):
     return r
 
 
+@pytest.mark.timeout(2400)  # five model-loading processes in a row: minutes on a busy 2-core machine
 def test_first_run_path(env, tmp_path):
     # 1. asking before ingesting: a hint, no empty Sources list, exit 1
     r = genstack("ask", "What does the validator return?", "--collection", "notyet", "--max-retries", "0", env=env)
