@@ -54,6 +54,7 @@ bench: protos
 	$(BIN)/python bench/retriever.py
 	$(BIN)/python bench/validator.py
 	$(BIN)/python bench/orchestrator.py
+	$(BIN)/python bench/answer_quality.py --no-install
 	$(BIN)/python bench/image_speed.py
 	$(BIN)/python bench/image_quality.py
 
