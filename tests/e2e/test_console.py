@@ -194,16 +194,17 @@ def test_ask_job_streams_its_answer_and_shows_cited_sources(page):
     _wait(driver, lambda: {"job.succeeded", "job.failed"} & set(_event_types(driver)), 240, "the job's end")
     types = _event_types(driver)
     assert types[0] == "job.queued" and "generate.delta" in types and "step.finished" in types, types
-    answer = _wait(driver, lambda: driver.find_element(By.ID, "answer").text.strip(), 20, "the answer")
+    # the answer (or, when the validator rejected it, the rejected attempt) stays on the page
+    answer = _wait(driver, lambda: driver.find_element(By.ID, "answer").text.strip(), 30, "the answer")
     assert len(answer) > 3
     # the sources come with the final record, fetched when the job's last event arrived
     sources = _wait(driver, lambda: driver.find_elements(By.CSS_SELECTOR, "#sources li"), 30, "the sources")
-    assert len(sources) == 2
+    assert 1 <= len(sources) <= 2
     passages = " ".join(s.find_element(By.CSS_SELECTOR, ".passage").text for s in sources)
     assert "1889" in passages  # the retrieved passage itself is shown
     bars = driver.find_elements(By.CSS_SELECTOR, "#timeline .bar-row")
-    assert [b.find_element(By.CSS_SELECTOR, ".mono").text for b in bars][:4] == ["retrieve", "screen_sources",
-                                                                               "build_context", "generate_answer"]
+    names = [b.find_element(By.CSS_SELECTOR, ".mono").text for b in bars]
+    assert names[0] == "retrieve" and names.index("build_context") < names.index("generate_answer"), names
     _wait(driver, lambda: driver.find_element(By.ID, "live").text.lower() == "ended", 20, "the stream's end")
     # the job list shows it
     _wait(driver, lambda: driver.find_elements(By.CSS_SELECTOR, "#jobs tbody tr"), 20, "the job list")

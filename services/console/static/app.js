@@ -262,7 +262,12 @@ function renderJob(job) {
   err.textContent = why.join("\n");
   const result = job.answer || job.image || job.video || job.generate || job.agent || job.ingest;
   $("#result-card").hidden = !result && !$("#answer").textContent;
-  if (job.answer) $("#answer").replaceChildren(citeHtml(job.answer.answer));
+  if (job.answer && job.answer.answer) $("#answer").replaceChildren(citeHtml(job.answer.answer));
+  else if (job.answer && job.answer.rejectedAnswer) {
+    // a failed job keeps no answer; its best attempt is shown as what the validator rejected
+    $("#answer").replaceChildren(el("div", { class: "muted small", text: "rejected by the validator:" }),
+                                 citeHtml(job.answer.rejectedAnswer));
+  }
   else if (job.generate) $("#answer").textContent = job.generate.text || "";
   else if (job.agent && job.agent.answer) $("#answer").textContent = job.agent.answer;
   else if (job.ingest) $("#answer").textContent = `ingested ${JSON.stringify(job.ingest.documents || job.ingest)}`;
