@@ -51,7 +51,7 @@ class OrchestratorSettings(ServiceSettings):
         60.0, gt=0, description="How long job-store writes are retried while Redis is unreachable before the job fails"
     )
     call_retries: int = Field(
-        6, ge=0, le=20, description="Retries of a service call that failed with UNAVAILABLE (or a single call's "
+        6, ge=0, le=100, description="Retries of a service call that failed with UNAVAILABLE (or a single call's "
         "DEADLINE_EXCEEDED), inside the job's deadline"
     )
     retry_initial_backoff_s: float = Field(0.2, gt=0, description="First backoff before a retried call (doubles)")
