@@ -82,8 +82,10 @@ class ServiceProcess:
 
     def _wait_worker(self) -> None:
         from shared.celery_app import make_celery
+        from shared.config import Settings, get_settings
 
-        app = make_celery()
+        url = self.env.get("GENSTACK_REDIS_URL")  # ping the worker on its own broker
+        app = make_celery(Settings(redis_url=url) if url else get_settings())
         deadline = time.monotonic() + self.startup_timeout
         try:
             while time.monotonic() < deadline:
