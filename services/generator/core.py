@@ -75,6 +75,19 @@ class ModelStatus:
     loaded: bool
     context_length: int
     is_default: bool
+    batch_size: int = 0
+    queue_depth: int = 0
+    max_batch_size: int = 0
+    max_queue: int = 0
+
+
+def _live(engine, settings: GeneratorSettings) -> tuple[int, int, int, int]:
+    """(batch size, queue depth, max batch size, max queue) of a model's engine; zeros when not loaded."""
+    if engine is None:
+        return 0, 0, 0, 0
+    if hasattr(engine, "batch_size"):
+        return engine.batch_size(), engine.queue_depth(), engine.limits.max_batch_size, engine.limits.max_queue
+    return 0, engine._queue.qsize(), 1, settings.max_queue  # noqa: SLF001 - the sequential engine
 
 
 class GeneratorCore:
@@ -114,7 +127,7 @@ class GeneratorCore:
             with self._lock:
                 if name in self._engines:
                     return self._engines[name]
-            engine = Engine(self._load(name), self.settings.max_queue)
+            engine = self._make_engine(self._load(name))
             with self._lock:
                 if self._closed:
                     engine.close()
@@ -124,6 +137,17 @@ class GeneratorCore:
                     _, old = self._engines.popitem(last=False)
                     old.close()
             return engine
+
+    def _make_engine(self, loaded: LoadedModel):
+        s = self.settings
+        require(s.engine in ("batching", "sequential"), "GENSTACK_GENERATOR_ENGINE", "batching or sequential")
+        if s.engine == "sequential":
+            return Engine(loaded, s.max_queue)
+        from services.generator.batching import BatchingEngine, BatchLimits
+
+        return BatchingEngine(loaded, BatchLimits(
+            max_batch_size=max(1, s.max_batch_size), max_batch_tokens=s.max_batch_tokens, max_queue=s.max_queue,
+            prefill_chunk=max(1, s.prefill_chunk), prefix_cache_tokens=max(0, s.prefix_cache_tokens)))
 
     def _load(self, name: str) -> LoadedModel:
         import torch
@@ -173,14 +197,15 @@ class GeneratorCore:
 
     def list_models(self) -> list[ModelStatus]:
         with self._lock:
-            loaded = {n: e.loaded for n, e in self._engines.items()}
+            engines = dict(self._engines)
+        loaded = {n: e.loaded for n, e in engines.items()}
         out = [
             ModelStatus(n, m.description, n in loaded, loaded[n].context_length if n in loaded else 0,
-                        n == self.settings.default_model)
+                        n == self.settings.default_model, *_live(engines.get(n), self.settings))
             for n, m in registry.REGISTRY.items()
         ]
-        out += [ModelStatus(n, n, True, lm.context_length, False) for n, lm in loaded.items()
-                if n not in registry.REGISTRY]
+        out += [ModelStatus(n, n, True, lm.context_length, False, *_live(engines[n], self.settings))
+                for n, lm in loaded.items() if n not in registry.REGISTRY]
         return out
 
     # -- generation ---------------------------------------------------------------------------

@@ -123,7 +123,8 @@ class GeneratorApi(ServiceApi):
         return pb.ListModelsResponse(
             models=[
                 pb.ModelInfo(name=m.name, source=m.source, loaded=m.loaded, context_length=m.context_length,
-                             is_default=m.is_default)
+                             is_default=m.is_default, batch_size=m.batch_size, queue_depth=m.queue_depth,
+                             max_batch_size=m.max_batch_size, max_queue=m.max_queue)
                 for m in self.core.list_models()
             ]
         )

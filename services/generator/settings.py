@@ -20,6 +20,19 @@ class GeneratorSettings(ServiceSettings):
     default_temperature: float = Field(0.7, description="temperature when a request sets none")
     max_context_tokens: int = Field(0, description="Cap on prompt+completion tokens (0: the model's own context)")
     max_queue: int = Field(64, description="Requests waiting per model before RESOURCE_EXHAUSTED")
+    engine: str = Field(
+        "sequential", description="'batching': continuous batching, running requests decode together "
+        "(services/generator/batching.py); 'sequential': one request at a time"
+    )
+    max_batch_size: int = Field(8, description="Requests decoding together per model (batching engine)")
+    max_batch_tokens: int = Field(
+        16384, description="Prompt plus max new tokens, summed over a model's running requests; beyond it "
+        "requests wait in the queue (batching engine)"
+    )
+    prefill_chunk: int = Field(64, description="Prompt tokens prefilled per step, so a long prompt does not stall "
+                               "running streams; also the granularity of prefix reuse (batching engine)")
+    prefix_cache_tokens: int = Field(4096, description="Tokens of prompt-prefix K/V kept per model for reuse, LRU "
+                                     "(0 = off; batching engine)")
     max_loaded_models: int = Field(3, description="Models kept in memory at once")
     allow_any_model: bool = Field(
         False, description="Accept Hugging Face ids and local folders beyond the registry (off: clients pick only "
