@@ -14,16 +14,16 @@ import pytest
 
 from services.orchestrator.store import SqliteJobStore, iter_events
 
-# The interface tests every store passes, run here against the SQLite store (`store` below).
-from tests.unit.test_orchestrator_parts import (  # noqa: F401
-    test_a_batch_becomes_visible_at_once,
-    test_cancel_flag,
-    test_concurrent_jobs_write_behind_without_mixing,
-    test_events_resume_after_any_id_without_loss,
-    test_events_written_behind_keep_their_ids_and_order,
-    test_idempotency_key_returns_the_first_job,
-    test_watchers_block_until_new_events_and_stop_at_the_terminal_one,
-)
+# The interface tests every store passes (tests/unit/test_orchestrator_parts.py), run here against
+# the SQLite store (the `store` fixture below overrides theirs in this module).
+from tests.unit import test_orchestrator_parts as _shared  # noqa: E402
+
+for _name in ("test_idempotency_key_returns_the_first_job", "test_events_resume_after_any_id_without_loss",
+              "test_watchers_block_until_new_events_and_stop_at_the_terminal_one", "test_cancel_flag",
+              "test_events_written_behind_keep_their_ids_and_order", "test_a_batch_becomes_visible_at_once",
+              "test_concurrent_jobs_write_behind_without_mixing"):
+    if hasattr(_shared, _name):
+        globals()[_name] = getattr(_shared, _name)
 
 
 @pytest.fixture
