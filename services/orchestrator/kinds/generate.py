@@ -6,7 +6,7 @@ from genstack.generator.v1 import generator_pb2 as gpb
 from services.orchestrator.kinds import JobKind, register
 from services.orchestrator.pipelines import Pipeline, StepDef
 from services.orchestrator.steps import slot, step, to_json
-from shared.errors import Cancelled, ResourceExhausted, require
+from shared.errors import Cancelled, ResourceExhausted, Unavailable, require
 
 GENERATION = slot("generate", gpb.GenerateResponse)
 
@@ -24,22 +24,23 @@ def validate(g: gpb.GenerateRequest, settings) -> None:
 
 def stream_generation(run, name: str, request: gpb.GenerateStreamRequest, rec,
                       attempt: int = 1) -> tuple[str, gpb.GenerateStreamResponse]:
-    """Stream one generation into `generate.delta` events; returns (text, the final message)."""
-    stream = run.client("generator", name).generate_stream(request, timeout=run.timeout())
-    parts: list[str] = []
-    final = None
-    try:
-        for msg in stream:
-            if run.cancelled():
-                stream.cancel()
-                raise Cancelled("job cancelled during generation")
-            if msg.delta:
-                parts.append(msg.delta)
-                run.emit("generate.delta", name, {"delta": msg.delta, "attempt": attempt})
-            final = msg
-    finally:
-        if final is None or final.finish_reason == gpb.FINISH_REASON_UNSPECIFIED:
-            stream.cancel()
+    """Stream one generation into `generate.delta` events; returns (text, the final message).
+
+    A stream cut by a transient error after it started (the generator restarted) is started over,
+    inside the job's deadline: a `generate.restarted` event tells watchers to drop the deltas of
+    that attempt (generation has no side effects, so running it again is safe)."""
+    restarts = 0
+    while True:
+        parts: list[str] = []
+        try:
+            final = _stream_once(run, name, request, parts, attempt)
+            break
+        except Unavailable as exc:
+            if not parts or restarts >= run.settings.call_retries:
+                raise
+            restarts += 1
+            run.note_retry(name, "GenerateStream", exc, restarts, 0.0)
+            run.emit("generate.restarted", name, {"attempt": attempt, "dropped_chars": len("".join(parts))})
     text = "".join(parts)
     # time inside the generator: prompt preparation, waiting for the model, decoding
     rec.service_ms = final.stats.prepare_ms + final.stats.queue_ms + final.stats.total_ms
@@ -58,6 +59,26 @@ def generate(run, params: dict) -> None:
     run.state[GENERATION] = gpb.GenerateResponse(
         text=text, finish_reason=final.finish_reason, stats=final.stats, model=final.model, seed=final.seed
     )
+
+
+def _stream_once(run, name, request, parts: list[str], attempt: int) -> gpb.GenerateStreamResponse:
+    stream = run.client("generator", name).generate_stream(request, timeout=run.timeout())
+    final = None
+    try:
+        for msg in stream:
+            if run.cancelled():
+                stream.cancel()
+                raise Cancelled("job cancelled during generation")
+            if msg.delta:
+                parts.append(msg.delta)
+                run.emit("generate.delta", name, {"delta": msg.delta, "attempt": attempt})
+            final = msg
+    finally:
+        if final is None or final.finish_reason == gpb.FINISH_REASON_UNSPECIFIED:
+            stream.cancel()
+    if final is None or final.finish_reason == gpb.FINISH_REASON_UNSPECIFIED:
+        raise Unavailable("the generator's stream ended before its final message")
+    return final
 
 
 def fill_result(job, state) -> None:
