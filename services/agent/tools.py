@@ -228,10 +228,13 @@ def _builtins(settings: AgentSettings) -> list[Tool]:
 
 # -- user tools ------------------------------------------------------------------------------------
 
+_MISSING = object()
+
+
 def _fill(template: Any, args: dict) -> Any:
     """The request template with "{name}" strings replaced by the arguments (a whole-string
     placeholder keeps the argument's type; a missing optional argument drops the key)."""
-    missing = object()
+    missing = _MISSING
     if isinstance(template, str):
         if template.startswith("{") and template.endswith("}") and template[1:-1].isidentifier():
             return args.get(template[1:-1], missing)

@@ -354,3 +354,35 @@ def test_core_cancel_while_waiting_for_approval():
     thread.join(10)
     assert done["end"].state == dt.CANCELLED and core.get("c1").state == dt.CANCELLED
     assert core.cancel("c1") == (dt.CANCELLED, False)
+
+
+def test_user_tools_from_a_file(tmp_path):
+    from services.agent.tools import _fill, load_tools_file
+    from shared.errors import FailedPrecondition
+
+    path = tmp_path / "tools.yaml"
+    path.write_text(
+        "tools:\n"
+        "  count:\n"
+        "    description: Count the characters of a text.\n"
+        "    parameters: {type: object, properties: {text: {type: string}}, required: [text]}\n"
+        "    entry_point: builtins:len\n"
+        "    approval: true\n"
+        "  collections:\n"
+        "    description: List the document collections.\n"
+        "    rpc: {service: retriever, method: ListCollections}\n"
+    )
+    tools = {t.name: t for t in load_tools_file(str(path))}
+    assert tools["count"].approval and tools["count"].untrusted
+    assert tools["count"].run({"text": "abc"}, None) == "1"  # len(arguments) of a one-key dict, as JSON
+    assert tools["collections"].describe() == {"name": "collections", "description": "List the document collections.",
+                                               "parameters": {}}
+    path.write_text("tools:\n  bad:\n    rpc: {service: retriever, method: Nope}\n")
+    with pytest.raises(FailedPrecondition, match="no RPC 'Nope'"):
+        load_tools_file(str(path))
+    path.write_text("tools:\n  bad:\n    entry_point: a:b\n    rpc: {service: retriever, method: Search}\n")
+    with pytest.raises(FailedPrecondition, match="exactly one of"):
+        load_tools_file(str(path))
+    assert _fill({"query": "{q}", "top_k": "{k}", "note": "about {q}"}, {"q": "bridges", "k": 3}) == \
+        {"query": "bridges", "top_k": 3, "note": "about bridges"}
+    assert _fill({"query": "{q}", "top_k": "{k}"}, {"q": "x"}) == {"query": "x"}
