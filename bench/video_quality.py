@@ -55,6 +55,8 @@ def generate(core: VideoCore, items, steps: int, guidance: float, noise: str, sh
             frames = pipe([it.prompt for it in chunk], num_frames=scenes.FRAMES, num_inference_steps=steps,
                           guidance_scale=guidance, latents=latents, output_type="np").frames
         clips += [(np.clip(np.asarray(c), 0, 1) * 255).round().astype(np.uint8) for c in frames]
+        print(f"  {noise}: {len(clips)}/{len(items)} clips, so far {row('', score(items[:len(clips)], clips))}",
+              flush=True)
     return clips
 
 
@@ -106,7 +108,8 @@ def main() -> int:
     core = VideoCore(VideoSettings(model=args.model))
     share = core.settings.noise_share if args.share is None else args.share
     items = (scenes.validation_prompts if args.validation else scenes.eval_prompts)(args.prompts)
-    runs = ["shared", "independent"] if args.noise == "both" else [args.noise]
+    # the (shorter) independent-noise run first, so that a long run has its side-by-side figures early
+    runs = ["independent", "shared"] if args.noise == "both" else [args.noise]
     print(f"model {core.source()} · {len(items)} {'validation' if args.validation else 'held-out'} prompts · DDIM "
           f"{args.steps} steps · guidance {args.guidance:g} · {torch.get_num_threads()} thread(s)")
     results, all_clips = {}, {}
@@ -144,7 +147,7 @@ def main() -> int:
             for i, clip in enumerate(clips[:8]):
                 (out / f"{noise}-{i:02d}.gif").write_bytes(encode_gif(clip, scenes.FPS))
     if len(results) == 2:
-        (sa, ca), (sb, cb) = all_clips.values()
+        (sb, cb), (sa, ca) = all_clips.values()  # independent, shared
         n = min(len(sa), len(sb))
         a, b = score(sa[:n], ca[:n]), score(sb[:n], cb[:n])
         results["side by side"] = {"shared": a, "independent": b}
