@@ -144,8 +144,7 @@ def stack(tmp_path_factory):
         "orchestrator": Proc("orchestrator", "grpc", env, orch_port),
     }
     try:
-        for p in procs.values():
-            p.start()
+        start_all(list(procs.values()))
         client = OrchestratorClient("grpc", address=f"127.0.0.1:{orch_port}")
         yield {"redis": rds, "procs": procs, "env": env, "client": client}
         client.close()
@@ -154,6 +153,15 @@ def stack(tmp_path_factory):
             p.stop(timeout=10)
         rds.stop()
         print("\nfault-injection counts:\n" + json.dumps(COUNTS, indent=2))
+
+
+def start_all(procs) -> None:
+    """Start processes side by side (each loads its model once): the suite's time is mostly start-ups."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(procs)) as pool:
+        for future in [pool.submit(p.start) for p in procs]:
+            future.result()
 
 
 def generate_request(i: int, deadline_s: float = 120.0) -> pb.SubmitJobRequest:
@@ -317,8 +325,8 @@ def test_worker_sigkill_mid_task_orchestrator_and_generator_queues(stack):
 
     env = stack["env"]
     app = make_celery(Settings(redis_url=stack["redis"].url))
-    workers = {name: Proc(name, "worker", env, broker=stack["redis"].url).start()
-               for name in ("orchestrator", "generator")}
+    workers = {name: Proc(name, "worker", env, broker=stack["redis"].url) for name in ("orchestrator", "generator")}
+    start_all(list(workers.values()))
     stack_extra = list(workers.values())
     try:
         submitted = [app.send_task("orchestrator.submit_job", args=[json_format.MessageToDict(generate_request(i, 60))],
@@ -333,8 +341,7 @@ def test_worker_sigkill_mid_task_orchestrator_and_generator_queues(stack):
             time.sleep(0.1)
         for w in workers.values():
             w.kill()
-        for w in workers.values():
-            w.start()
+        start_all(list(workers.values()))
         orch_results = [r.get(timeout=240) for r in submitted]
         gen_results = [r.get(timeout=240) for r in generated]
         job_ids = [r["jobId"] for r in orch_results]
