@@ -13,10 +13,10 @@ from services.video.settings import VideoSettings
 
 pytestmark = pytest.mark.slow
 
-#: Minimum share right per attribute over the 8 prompts below, set under what the shipped weights score
-#: on them (models/video/README.md) so that only a real regression trips it. No direction floor yet: the
-#: shipped weights are an early checkpoint whose direction is at chance (see the model card).
-FLOOR = {"colour": 0.625, "background": 0.625, "shape": 0.5}
+#: Minimum share right per attribute over the 8 prompts below (8 frames, 4 steps), set under what the
+#: shipped weights score on them (models/video/README.md) so that only a real regression trips it. No
+#: direction floor yet: the shipped weights are an early checkpoint whose direction is at chance.
+FLOOR = {"colour": 0.75, "background": 0.75, "shape": 0.75}  # measured: 1.0, 1.0, 1.0 (direction 0.125)
 
 
 def prompts() -> list[tuple[str, scenes.Scene]]:
