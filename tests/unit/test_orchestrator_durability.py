@@ -423,3 +423,45 @@ def test_a_forged_page_token_is_invalid_argument(token, pipelines_file):
         core.list([], [], 5, token)
     assert "page_token" in err.value.message
     core.close()
+
+
+# -- Redis outages reach clients as UNAVAILABLE -----------------------------------------------------------
+
+
+def test_store_outages_are_unavailable_in_one_place():
+    from kombu.exceptions import OperationalError
+
+    from shared.errors import translate
+
+    assert translate(redis.ConnectionError("refused")).code.name == "UNAVAILABLE"
+    assert translate(redis.TimeoutError("slow")).code.name == "UNAVAILABLE"
+    assert translate(OperationalError("broker down")).code.name == "UNAVAILABLE"
+    assert translate(RecursionError()).code.name == "INVALID_ARGUMENT"
+    assert translate(ValueError("x")).code.name == "INTERNAL"
+
+
+def test_an_orchestrator_whose_redis_is_down_answers_unavailable_over_grpc(pipelines_file):
+    import socket
+
+    import grpc
+
+    from genstack.orchestrator.v1 import orchestrator_pb2 as opb
+    from services.orchestrator.grpc_api import OrchestratorApi
+    from shared.client import ServiceClient
+    from shared.grpc_server import Server
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    core = make_core(RedisJobStore(f"redis://127.0.0.1:{dead}/0", 60), pipelines_file)
+    server = Server(OrchestratorApi(core), 0, host="127.0.0.1").start(warm_up_in_background=False)
+    client = ServiceClient("grpc", service="orchestrator", address=f"127.0.0.1:{server.port}")
+    try:
+        for method, req in (("GetJob", opb.GetJobRequest(job_id="abc")), ("ListJobs", opb.ListJobsRequest()),
+                            ("SubmitJob", request("x"))):
+            with pytest.raises(Unavailable) as err:
+                client.call(method, req, timeout=20)
+            assert err.value.code == grpc.StatusCode.UNAVAILABLE and "retry" in err.value.message
+    finally:
+        client.close()
+        server.stop(grace=0)
