@@ -277,8 +277,14 @@ def run_example(example: Example, walk: _Walk) -> str:
         assert r.returncode == 0, f"{example.id}: module {module} is not importable"
         return "module importable"
     argv, env = _argv(words, walk.env)
-    walk.provide_files(argv[3:])
+    from shared.services import SERVICES, implemented_services
+
     command = argv[3] if len(argv) > 3 else ""
+    if command in SERVICES and command not in implemented_services():
+        # a page written ahead of its service (docs/video.md): its examples run for real once it is implemented
+        pytest.xfail(f"{example.id}: `genstack {command}` belongs to the {command} service, which the catalogue "
+                     "does not mark implemented yet")
+    walk.provide_files(argv[3:])
     if env.get("GENSTACK_TRANSPORT") == "grpc":
         env = walk.grpc_env(env)
     if command == "serve":
