@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 from genstack.generator.v1 import generator_pb2 as gpb
+from genstack.validator.v1 import validator_pb2 as vpb
 from services.orchestrator.kinds import JobKind, register
-from services.orchestrator.pipelines import Pipeline, StepDef
+from services.orchestrator.pipelines import Pipeline, RetryRule, StepDef
 from services.orchestrator.steps import slot, step, to_json
 from shared.errors import Cancelled, ResourceExhausted, Unavailable, require
 
 GENERATION = slot("generate", gpb.GenerateResponse)
+OUTPUT_VERDICT = slot("output_verdict", vpb.ValidateResponse)
 
 
 def validate(g: gpb.GenerateRequest, settings) -> None:
@@ -45,7 +49,8 @@ def stream_generation(run, name: str, request: gpb.GenerateStreamRequest, rec,
     # time inside the generator: prompt preparation, waiting for the model, decoding
     rec.service_ms = final.stats.prepare_ms + final.stats.queue_ms + final.stats.total_ms
     rec.output = {"text": text, "model": final.model, "seed": str(final.seed), "finish_reason":
-                  gpb.FinishReason.Name(final.finish_reason), "stats": to_json(final.stats)}
+                  gpb.FinishReason.Name(final.finish_reason), "stats": to_json(final.stats),
+                  "constraint_status": gpb.ConstraintStatus.Name(final.constraint_status)}
     return text, final
 
 
@@ -53,12 +58,36 @@ def stream_generation(run, name: str, request: gpb.GenerateStreamRequest, rec,
 def generate(run, params: dict) -> None:
     g = run.job.request.generate
     request = gpb.GenerateStreamRequest(model=g.model, prompt=g.prompt, messages=g.messages, sampling=g.sampling,
-                                        output=g.output)
+                                        output=g.output, response_format=g.response_format)
     with run.step("generate", "generator", to_json(request)) as rec:
         text, final = stream_generation(run, "generate", request, rec)
     run.state[GENERATION] = gpb.GenerateResponse(
-        text=text, finish_reason=final.finish_reason, stats=final.stats, model=final.model, seed=final.seed
+        text=text, finish_reason=final.finish_reason, stats=final.stats, model=final.model, seed=final.seed,
+        constraint_status=final.constraint_status,
     )
+
+
+@step("validate_output", reads=(GENERATION,), provides=(OUTPUT_VERDICT,), input="generate")
+def validate_output(run, params: dict) -> str | None:
+    """With a JSON Schema response format: the json-output policy on the text, with that schema (an
+    output cut short is a failure, never claimed valid). Without one there is nothing to check."""
+    fmt = run.job.request.generate.response_format
+    if fmt.WhichOneof("format") != "json_schema":
+        return None
+    generation = run.state[GENERATION]
+    request = vpb.ValidateRequest(artifact=vpb.Artifact(text=generation.text), policy=params.get("policy",
+                                                                                                "json-output"))
+    request.checks.add(name="json_schema").params.update({"schema": json.loads(fmt.json_schema)})
+    with run.step("validate_output", "validator", {"policy": request.policy}) as rec:
+        verdict = run.client("validator", "validate_output").validate(request, timeout=run.timeout())
+        if generation.constraint_status == gpb.CONSTRAINT_STATUS_INCOMPLETE and verdict.passed:
+            verdict.passed = False
+            verdict.feedback = "the output stopped at max_new_tokens before the value was complete; allow more tokens"
+        rec.output = to_json(verdict)
+        rec.service_ms = verdict.duration_ms
+    run.state[OUTPUT_VERDICT] = verdict
+    run.emit("validate.verdict", "validate_output", {"passed": verdict.passed, "feedback": verdict.feedback})
+    return None if verdict.passed else "failed"
 
 
 def _stream_once(run, name, request, parts: list[str], attempt: int) -> gpb.GenerateStreamResponse:
@@ -83,6 +112,8 @@ def _stream_once(run, name, request, parts: list[str], attempt: int) -> gpb.Gene
 
 def fill_result(job, state) -> None:
     job.generate.CopyFrom(state.get(GENERATION))
+    if state.get(OUTPUT_VERDICT) is not None:
+        job.generate_verdict.CopyFrom(state.get(OUTPUT_VERDICT))
 
 
 register(JobKind(
@@ -90,5 +121,10 @@ register(JobKind(
     validate=validate,
     fill_result=fill_result,
     result_needs=(GENERATION,),
-    pipelines={"generate": Pipeline(kind="generate", description="One generation", steps=[StepDef(name="generate")])},
+    pipelines={"generate": Pipeline(
+        kind="generate", description="One generation; with a JSON Schema response format, the json-output policy "
+        "checks the result with that schema",
+        steps=[StepDef(name="generate"), StepDef(name="validate_output", params={"policy": "json-output"})],
+        # a failed verdict fails the job (no re-ask: the constraint already made the best of the request)
+        retry=RetryRule(on="validate_output", restart_at="generate", max_retries=0))},
 ))
