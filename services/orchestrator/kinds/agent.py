@@ -97,6 +97,12 @@ def run_agent(run, params: dict) -> None:
         if last is None:
             raise Internal("the agent stream ended without a step")
         record.final_answer, record.error = last.final_answer, last.error
+        try:  # the agent's own record also has the tools, approvals and times
+            full = client.get_agent_run(request.run_id, timeout=min(30.0, run.timeout()))
+            if len(full.steps) == len(record.steps):
+                record = full
+        except GenstackError:
+            pass  # e.g. a run store the orchestrator cannot reach: the streamed steps are the record
         rec.output = {"state": apb.RunState.Name(last.state), "final_answer": last.final_answer,
                       "error": last.error, "usage": to_json(last.usage)}
     run.state[AGENT_RUN] = record
