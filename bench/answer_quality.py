@@ -350,8 +350,11 @@ def main() -> int:
                 rows.append(row)
                 mark = ("ok " if row.get("right") else "-- ") if "right" in row else (
                     "ok " if row["honest"] else "-- ")
-                print(f"  {mark}{v:<12} {m:<14} {q['id']:<7} {row['seconds']:5.1f}s  "
+                cited = ("cited " if row["cited_right"] else "      ") if "right" in row else "      "
+                print(f"  {mark}{cited}{v:<12} {m:<14} {q['id']:<7} {row['seconds']:5.1f}s  "
                       f"{' '.join(row['answer'].split())[:110]}", flush=True)
+                if args.json:  # written as it goes, so that a run cut short still leaves its rows
+                    Path(args.json).write_text(json.dumps({"rows": rows, "summary": []}, indent=1))
 
     print("\nvariant       model           corpus  split     n  accuracy  cited  retrieved  refusals(n)  "
           "wrong-passed  mean s  p50 s  p95 s  attempts")

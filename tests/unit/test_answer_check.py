@@ -68,6 +68,13 @@ def test_correct_short_answers_pass(answer, question, sources):
     assert out.score == 1.0
 
 
+def test_naming_one_of_the_offered_choices_answers_a_choice_question():
+    source = "If the trailing VIRTUAL or STORED keyword is omitted, then VIRTUAL is the default."
+    question = "If neither VIRTUAL nor STORED is given for a generated column, which one is the default?"
+    assert run("VIRTUAL [1].", question, [source]).passed
+    assert not run("VIRTUAL or STORED [1].", question, [source]).passed
+
+
 def test_the_new_fact_must_come_from_a_cited_source():
     # "1000" is only in source 2; citing source 1 alone does not carry it
     question = "What is the default value of SQLITE_MAX_EXPR_DEPTH?"

@@ -97,6 +97,14 @@ def _ask(question: str) -> str:
     return "the specific fact the question asks for"
 
 
+def _choices(question: str) -> set[str]:
+    """Terms a question offers to choose from: the words on each side of 'or' / 'nor'."""
+    out: set[str] = set()
+    for m in re.finditer(r"([\w.:-]+)\s+n?or\s+([\w.:-]+)", question):
+        out |= terms(m.group(1)) | terms(m.group(2))
+    return out - _GENERIC
+
+
 def _cited(text: str, n: int) -> list[int]:
     found: list[int] = []
     for m in CITATION_MARKER.finditer(text):
@@ -170,7 +178,12 @@ def answers_question(p: AnswersQuestionParams, s: Subject) -> CheckOutcome:
     source_terms: set[str] = set()
     for k in cited:
         source_terms |= terms(sources[k - 1].text)
-    added = (terms(s.text) - terms(question) - _GENERIC) & source_terms
+    answer_terms = terms(s.text)
+    added = (answer_terms - terms(question) - _GENERIC) & source_terms
+    # a choice question ("VIRTUAL or STORED?") is answered by naming one of the choices it offers
+    offered = _choices(question)
+    if len(offered) >= 2 and 1 <= len(offered & answer_terms) < len(offered):
+        added |= (offered & answer_terms) & source_terms
     if len(added) >= p.min_new_terms:
         shown = ", ".join(sorted(added)[:8])
         return CheckOutcome(True, 1.0, f"adds {len(added)} term(s) from the cited source(s) not in the question: {shown}")
