@@ -20,7 +20,7 @@ from services.generator.engine import (
     TokenInfo,
 )
 from shared import metrics
-from shared.rpc import CallContext, ServiceApi
+from shared.rpc import CallContext, ServiceApi, opt
 
 _FINISH = {
     FINISH_STOP: pb.FINISH_REASON_STOP,
@@ -48,18 +48,17 @@ def to_format(request: pb.GenerateRequest | pb.GenerateStreamRequest) -> Respons
 
 def to_core(request: pb.GenerateRequest | pb.GenerateStreamRequest) -> GenerationRequest:
     s = request.sampling
-    opt = lambda name: getattr(s, name) if s.HasField(name) else None  # noqa: E731 - proto3 optional fields
     return GenerationRequest(
         model=request.model,
         prompt=request.prompt,
         messages=[(m.role, m.content) for m in request.messages],
-        max_new_tokens=opt("max_new_tokens"),
-        temperature=opt("temperature"),
-        top_p=opt("top_p"),
-        top_k=opt("top_k"),
-        repetition_penalty=opt("repetition_penalty"),
+        max_new_tokens=opt(s, "max_new_tokens"),
+        temperature=opt(s, "temperature"),
+        top_p=opt(s, "top_p"),
+        top_k=opt(s, "top_k"),
+        repetition_penalty=opt(s, "repetition_penalty"),
         stop=list(s.stop),
-        seed=opt("seed"),
+        seed=opt(s, "seed"),
         logprobs=request.output.logprobs,
         top_logprobs=request.output.top_logprobs,
         response_format=to_format(request),
@@ -84,9 +83,6 @@ def _stats(f: Finished) -> pb.GenerationStats:
     )
 
 
-def _stopped(ctx: CallContext):
-    return lambda: ctx.cancelled() or ctx.expired()
-
 
 class GeneratorApi(ServiceApi):
     service = "generator"
@@ -95,7 +91,7 @@ class GeneratorApi(ServiceApi):
     add_to_server = staticmethod(pb_grpc.add_GeneratorServiceServicer_to_server)
 
     def Generate(self, request: pb.GenerateRequest, ctx: CallContext) -> pb.GenerateResponse:
-        result = self.core.generate(to_core(request), _stopped(ctx))
+        result = self.core.generate(to_core(request), ctx.stopped)
         if result.finished.reason == FINISH_CANCELLED:
             ctx.check()  # the caller left or its deadline passed: report that, not a partial text
         return pb.GenerateResponse(
@@ -107,7 +103,7 @@ class GeneratorApi(ServiceApi):
     def GenerateStream(
         self, request: pb.GenerateStreamRequest, ctx: CallContext
     ) -> Iterator[pb.GenerateStreamResponse]:
-        er, model, seed = self.core.start(to_core(request), _stopped(ctx))
+        er, model, seed = self.core.start(to_core(request), ctx.stopped)
         for event in metrics.watch_generation(er.events(), model):
             if isinstance(event, Delta):
                 yield pb.GenerateStreamResponse(

@@ -21,7 +21,7 @@ from services.retriever.core import (
 )
 from services.retriever.stores.base import HYBRID, KEYWORD, VECTOR, Candidate, CollectionStats
 from shared.errors import InvalidArgument
-from shared.rpc import CallContext, ServiceApi
+from shared.rpc import CallContext, ServiceApi, opt
 
 _MODES = {
     pb.SEARCH_MODE_UNSPECIFIED: None,
@@ -36,10 +36,6 @@ _STAGES = {
     WRITING: pb.INGEST_STAGE_WRITING,
     DONE: pb.INGEST_STAGE_DONE,
 }
-
-
-def _opt(msg, name: str):
-    return getattr(msg, name) if msg.HasField(name) else None
 
 
 def to_documents(request: pb.IngestDocumentsRequest) -> list[DocumentInput]:
@@ -67,7 +63,7 @@ def to_filter(f: pb.MetadataFilter) -> FilterInput:
         return FilterInput(f.key, which, any_of=list(f.any_of.values))
     if which == "number_range":
         r = f.number_range
-        return FilterInput(f.key, which, bounds=(_opt(r, "gte"), _opt(r, "gt"), _opt(r, "lte"), _opt(r, "lt")))
+        return FilterInput(f.key, which, bounds=(opt(r, "gte"), opt(r, "gt"), opt(r, "lte"), opt(r, "lt")))
     if which == "date_range":
         r = f.date_range
         return FilterInput(f.key, which, bounds=(r.gte or None, r.gt or None, r.lte or None, r.lt or None))
@@ -81,14 +77,14 @@ def to_search(request: pb.SearchRequest) -> SearchInput:
     return SearchInput(
         collection=request.collection,
         query=request.query,
-        top_k=_opt(request, "top_k"),
+        top_k=opt(request, "top_k"),
         mode=_MODES[request.mode],
-        alpha=_opt(request, "alpha"),
+        alpha=opt(request, "alpha"),
         filters=[to_filter(f) for f in request.filters],
-        min_score=_opt(request, "min_score"),
+        min_score=opt(request, "min_score"),
         mmr=has_mmr,
-        mmr_lambda=_opt(request.mmr, "lambda_mult") if has_mmr else None,
-        mmr_fetch_k=_opt(request.mmr, "fetch_k") if has_mmr else None,
+        mmr_lambda=opt(request.mmr, "lambda_mult") if has_mmr else None,
+        mmr_fetch_k=opt(request.mmr, "fetch_k") if has_mmr else None,
     )
 
 
@@ -153,8 +149,8 @@ class RetrieverApi(ServiceApi):
         result = self.core.ingest(
             request.collection,
             to_documents(request),
-            _opt(chunking, "chunk_size_tokens"),
-            _opt(chunking, "chunk_overlap_tokens"),
+            opt(chunking, "chunk_size_tokens"),
+            opt(chunking, "chunk_overlap_tokens"),
             max_documents=self.core.settings.max_documents_per_task if large else None,
             progress=progress,
             check=ctx.check,
