@@ -81,7 +81,7 @@ SERVICES: dict[str, ServiceSpec] = _catalogue(
     ServiceSpec("generator", 50053, "GeneratorService", gpu=True),
     ServiceSpec("validator", 50054, "ValidatorService"),
     ServiceSpec("image", 50055, "ImageService", gpu=True),
-    ServiceSpec("video", 50056, "VideoService", gpu=True, implemented=False),
+    ServiceSpec("video", 50056, "VideoService", gpu=True),
     ServiceSpec("agent", 50057, "AgentService",
                 calls=("retriever", "generator", "validator", "image", "video")),
 )
