@@ -57,6 +57,9 @@ bench: protos
 	$(BIN)/python bench/answer_quality.py --no-install
 	$(BIN)/python bench/image_speed.py
 	$(BIN)/python bench/image_quality.py
+	$(BIN)/python bench/video_speed.py
+	$(BIN)/python bench/video_quality.py
+	$(BIN)/python bench/agent.py
 
 # Retrain the default image model from scratch into models/image, niced so that it takes idle CPU
 # only. The shipped weights' recipe (models/image/README.md, Training): a base run, then a fine-tune
