@@ -21,8 +21,15 @@ from services.agent.settings import AgentSettings
 from services.agent.store import MemoryBackend, RedisBackend, RunStore
 from services.agent.tools import Tool, ToolContext, build_registry
 from shared.config import Settings, get_settings
-from shared.errors import Cancelled, DeadlineExceeded, FailedPrecondition, GenstackError, InvalidArgument, NotFound, \
-    require
+from shared.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    FailedPrecondition,
+    GenstackError,
+    InvalidArgument,
+    NotFound,
+    require,
+)
 from shared.timefmt import iso_utc
 
 log = logging.getLogger(__name__)
@@ -205,7 +212,8 @@ class AgentCore:
         except BaseException as exc:
             if record.state not in dt.ENDED:
                 record.state = dt.FAILED
-                record.error = exc.message if isinstance(exc, GenstackError) else f"internal error: {type(exc).__name__}"
+                record.error = (exc.message if isinstance(exc, GenstackError)
+                                else f"internal error: {type(exc).__name__}")
                 record.updated_at = iso_utc()
                 self.store.save(record)
             raise

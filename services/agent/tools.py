@@ -284,10 +284,9 @@ def _rpc_tool(name: str, service: str, method: str, template: dict) -> Callable[
             raise GenstackError(f"the request for {service}.{method} is not valid: {exc}") from None
         client = ctx.client(service)
         if m.server_streaming:
-            last = None
-            for last in client.stream(method, request, ctx.timeout):
+            response = m.response_type()
+            for response in client.stream(method, request, ctx.timeout):  # noqa: B007 - the last message counts
                 pass
-            response = last if last is not None else m.response_type()
         else:
             response = client.call(method, request, ctx.timeout)
         return json.dumps(_summarise(json_format.MessageToDict(response)), ensure_ascii=False)
