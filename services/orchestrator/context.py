@@ -135,8 +135,8 @@ def retry_messages(question: str, chunks: list[Chunk], answer: str, feedback: st
     user = (
         f"Sources:\n{render_sources(chunks, sections)}\nQuestion: {question}\n\n"
         f"An earlier answer was rejected: \"{answer.strip()[:400]}\"\nReviewer's feedback: {feedback.strip()}{hint}\n"
-        "Write the corrected answer: the fact first, in one short sentence, ending with its source number like [1]."
-        "\nAnswer:"
+        # the question again right before "Answer:" (an instruction sentence here was parroted as the answer)
+        f"\nQuestion: {question}\nAnswer:"
     )
     return [("system", system_prompt(style)), ("user", user)]
 
