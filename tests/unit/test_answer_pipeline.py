@@ -120,7 +120,8 @@ def test_best_attempt_prefers_a_pass_then_the_score_then_an_answer():
 @pytest.mark.parametrize("raw,tidy", [
     ("2000 [1]. The sources do not contain the answer.", "2000 [1]."),
     ("Answer: 4096 [2]", "4096 [2]"),
-    ("The default is 4096 [1]. It can be changed. It is a power of two.", "The default is 4096 [1]. It can be changed."),
+    ("The default is 4096 [1]. It can be changed. It is a power of two.",
+     "The default is 4096 [1]. It can be changed."),
     ("2000 [1]\n[1] The default setting for SQLITE_MAX_COLUMN is 2000.", "2000 [1]"),
     ("The sources do not contain the answer.", "The sources do not contain the answer."),
 ])

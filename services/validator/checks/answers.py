@@ -186,7 +186,8 @@ def answers_question(p: AnswersQuestionParams, s: Subject) -> CheckOutcome:
         added |= (offered & answer_terms) & source_terms
     if len(added) >= p.min_new_terms:
         shown = ", ".join(sorted(added)[:8])
-        return CheckOutcome(True, 1.0, f"adds {len(added)} term(s) from the cited source(s) not in the question: {shown}")
+        return CheckOutcome(True, 1.0,
+                            f"adds {len(added)} term(s) from the cited source(s) not in the question: {shown}")
     where = f" Source [{best_i + 1}] looks like it holds it: {quote(spans[best_i][1], 240)}." if has_candidate else ""
     evidence = [Evidence("restatement", strip_citations(s.text), "artifact", 0, len(s.text), 0.0)]
     if has_candidate:
