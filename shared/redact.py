@@ -12,7 +12,8 @@ import re
 _PATTERNS = (
     # ipv4:1.2.3.4:50051, 10.0.0.7, [::1]:50051, ipv6:[fe80::1]:80, unix:/run/x.sock
     (re.compile(r"\b(?:ipv[46]:)?\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b"), "<address>"),
-    (re.compile(r"(?:ipv6:)?\[[0-9A-Fa-f:.%a-z]+\](?::\d+)?"), "<address>"),
+    # an IPv6 literal has at least two colons: "[::1]:50051", never a list index like "choices[1]"
+    (re.compile(r"(?:ipv6:)?\[[0-9A-Fa-f.%]*:[0-9A-Fa-f.%]*:[0-9A-Za-z:.%]*\](?::\d+)?"), "<address>"),
     (re.compile(r"\bunix(?:-abstract)?:[^\s,;)]+"), "<address>"),
     (re.compile(r"\b(?:localhost|[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.(?:internal|local|svc|cluster\.local)):\d+\b"),
      "<address>"),
