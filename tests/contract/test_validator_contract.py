@@ -118,7 +118,7 @@ def test_a_grounded_cited_answer_passes_rag_answer(client, reference):
     got = client.validate(rag_request(GOOD), timeout=TIMEOUT)
     assert got.passed and got.feedback == "" and got.score == pytest.approx(1.0)
     assert [r.name for r in got.results] == ["length", "repetition", "citations", "pii", "groundedness",
-                                             "prompt_injection"]
+                                             "answers_question", "prompt_injection"]
     assert shape(got) == shape(reference["good"])
     assert "detector: nanoguard" in got.results[-1].message
     assert got.duration_ms > 0 and all(r.duration_ms >= 0 for r in got.results)
@@ -183,12 +183,12 @@ def test_a_video_and_frames_against_video_default(client):
 def test_list_policies(client):
     got = client.list_policies(timeout=TIMEOUT)
     names = [p.name for p in got.policies]
-    assert names[:4] == ["rag-answer", "json-output", "image-default", "video-default"]
-    assert all(p.origin == "shipped" for p in got.policies[:4])
+    assert names[:5] == ["rag-answer", "rag-refusal", "json-output", "image-default", "video-default"]
+    assert all(p.origin == "shipped" for p in got.policies[:5])
     checks = {c.name: c for c in got.checks}
     assert {"json_schema", "regex", "length", "banned_terms", "repetition", "pii", "groundedness", "citations",
             "prompt_injection", "image_decodes", "image_size", "image_variance", "image_no_nan", "image_not_black",
-            "video_decodes", "video_frames", "video_coherence", "video_flicker"} == set(checks)
+            "video_decodes", "video_frames", "video_coherence", "video_flicker", "answers_question"} == set(checks)
     assert json_format.MessageToDict(checks["groundedness"].default_params)["threshold"] == 0.5
     assert got.injection_detector.startswith("nanoguard (metatronnanoguard 0.1.0")
 
