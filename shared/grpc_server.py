@@ -116,7 +116,9 @@ def make_servicer(api: ServiceApi) -> Any:
     """A subclass of the generated servicer whose methods call `api` with a CallContext."""
     attrs = {}
     for name, method in api.methods().items():
-        impl = getattr(api, name)
+        impl = getattr(api, name, None)
+        if impl is None:
+            continue  # the generated base answers UNIMPLEMENTED
         if method.server_streaming:
 
             def handler(self, request, context, _impl=impl):

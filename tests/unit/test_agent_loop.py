@@ -251,7 +251,13 @@ def test_calculator_is_exact_and_refuses_code():
             calculate(bad)
 
 
-def test_request_checks_name_the_field():
+def test_request_checks_name_the_field(monkeypatch):
+    import dataclasses
+
+    from shared.services import SERVICES
+
+    # a deployment without the video service: its tool is listed but refused with the reason
+    monkeypatch.setitem(SERVICES, "video", dataclasses.replace(SERVICES["video"], implemented=False))
     settings = AgentSettings()
     tools = build_registry(settings)
     cases = [
