@@ -183,7 +183,8 @@ def _service_error(exc, args: argparse.Namespace) -> str:
     message = exc.message or exc.__class__.__name__
     transport = getattr(args, "transport", None) or get_settings().transport
     hint = ""
-    refused = re.search(r"ipv[46]:(\S+?):\s", message) if "connect" in message.lower() else None
+    local = exc.local_detail or message  # the address this process dialled is the user's own
+    refused = re.search(r"ipv[46]:(\S+?):\s", local) if "connect" in local.lower() else None
     if refused:
         message = f"nothing answers at {refused.group(1)} (connection refused)"
     if exc.code == grpc.StatusCode.UNAVAILABLE and transport != "inproc":

@@ -291,10 +291,13 @@ def _closer(call):
 def _from_rpc_error(exc: grpc.RpcError) -> GenstackError:
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     # transport errors name addresses ("failed to connect to ipv4:10.0.0.7:50053"): not for clients
-    details = redact(exc.details() if hasattr(exc, "details") else str(exc))
-    if code == grpc.StatusCode.CANCELLED:
-        return Cancelled(details or "cancelled")
-    return from_status(code, details or "")
+    raw = exc.details() if hasattr(exc, "details") else str(exc)
+    details = redact(raw)
+    err = Cancelled(details or "cancelled") if code == grpc.StatusCode.CANCELLED else from_status(code, details or "")
+    # the unredacted text stays on this process's exception only (the CLI names the address it dialled);
+    # it is never part of the message, so nothing forwards it to another client or a job record
+    err.local_detail = raw or ""
+    return err
 
 
 def from_celery_error(exc: BaseException, timeout: float) -> GenstackError:

@@ -15,6 +15,8 @@ class GenstackError(Exception):
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
     #: Celery retries a task only when this is true.
     retryable: bool = False
+    #: what the transport said, unredacted, for this process's own user only (never sent on)
+    local_detail: str = ""
 
     def __init__(self, message: str = "", *, field: str | None = None):
         super().__init__(message)
