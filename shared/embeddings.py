@@ -31,6 +31,7 @@ import hashlib
 import json
 import logging
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -298,7 +299,10 @@ def _export(model, path: Path) -> None:
         args = tuple(features[n] for n in names)
         dynamic = {n: {0: "batch", 1: "tokens"} for n in names}
         dynamic["embedding"] = {0: "batch"}
-        with torch.no_grad():
+        # the tracer's warnings are about Python branches in transformers' masking code, which the padded
+        # example batch covers; they say nothing a user can act on, so they stay out of the terminal
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             torch.onnx.export(_pooled_module(auto, names), args, str(path), input_names=list(names),
                               output_names=["embedding"], dynamic_axes=dynamic, opset_version=17, dynamo=False)
     finally:

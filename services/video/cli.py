@@ -26,11 +26,13 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=None, help="seed; the same seed gives the same frames")
     p.add_argument("--width", type=int, default=None, help="multiple of 8 (default: the model's size)")
     p.add_argument("--height", type=int, default=None, help="multiple of 8 (default: the model's size)")
-    p.add_argument("--scheduler", choices=sorted(SCHEDULER_CHOICES), default=None)
+    p.add_argument("--scheduler", choices=sorted(SCHEDULER_CHOICES), default=None,
+                   help="sampler (default: GENSTACK_VIDEO_DEFAULT_SCHEDULER, ddim)")
     p.add_argument("--frame-noise", choices=sorted(NOISE_CHOICES), default=None,
                    help="starting noise across frames (default: configured, shared)")
     p.add_argument("--noise-share", type=float, default=None, help="share of the noise common to all frames")
-    p.add_argument("--transport", choices=["inproc", "grpc", "celery"], default=None)
+    p.add_argument("--transport", choices=["inproc", "grpc", "celery"], default=None,
+                   help="how to reach the video service (default: GENSTACK_TRANSPORT, inproc = embedded)")
     p.add_argument("--timeout", type=float, default=None, help="deadline in seconds")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

@@ -81,7 +81,7 @@ def test_a_refused_file_stops_the_ingest_and_says_what_was_written(folder, capsy
 
 
 def test_search_errors_are_reported_with_their_status(capsys):
-    assert main(["search", "anything", "-c", "no_such_collection"]) == 2
+    assert main(["search", "anything", "-c", "no_such_collection"]) == 1  # a failure: the request was well formed
     assert "error (NOT_FOUND): collection 'no_such_collection' does not exist" in capsys.readouterr().err
     assert main(["search", "anything", "-c", "Bad-Name"]) == 2
     assert "error (INVALID_ARGUMENT): collection:" in capsys.readouterr().err
