@@ -8,6 +8,7 @@ RPCs in its proto (``Generate``, ``GenerateStream``, ...). Each takes the reques
 
 from __future__ import annotations
 
+import queue
 import re
 import threading
 import time
@@ -78,6 +79,43 @@ class CallContext:
 def opt(message: Any, name: str) -> Any:
     """A proto3 `optional` field's value, or None when it is not set."""
     return getattr(message, name) if message.HasField(name) else None
+
+
+def stream_from_thread(ctx: CallContext, work: Callable[[Callable[[], bool], Callable[[Any], None]], Any],
+                       name: str):
+    """Run `work(stopped, emit)` on its own thread and yield what it emits, as the call's stream.
+
+    The work runs apart from the consumer so that a consumer that stops reading (or a cancel) is
+    noticed at the work's next check, not when it is over. `work` returns the last message (or None);
+    an exception it raises reaches the caller, a `Cancelled` one as DEADLINE_EXCEEDED when the
+    deadline has passed."""
+    done = object()
+    events: queue.Queue = queue.Queue()
+    consumer_gone = threading.Event()
+
+    def run() -> None:
+        try:
+            last = work(lambda: consumer_gone.is_set() or ctx.stopped(), events.put)
+            if last is not None:
+                events.put(last)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer's thread
+            events.put(exc)
+        finally:
+            events.put(done)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    try:
+        while True:
+            item = events.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                if isinstance(item, Cancelled):
+                    ctx.check()
+                raise item
+            yield item
+    finally:
+        consumer_gone.set()
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import queue
-import threading
 from collections.abc import Iterator
 
 from google.protobuf import json_format
@@ -15,8 +13,7 @@ from genstack.agent.v1 import agent_pb2_grpc as pb_grpc
 from services.agent import datatypes as dt
 from services.agent.core import AgentCore
 from services.agent.datatypes import Event, RunRecord, RunSpec, Step, Usage
-from shared.errors import Cancelled
-from shared.rpc import CallContext, ServiceApi, opt
+from shared.rpc import CallContext, ServiceApi, opt, stream_from_thread
 
 STATE_TO_PB = {
     dt.RUNNING: pb.RUN_STATE_RUNNING,
@@ -80,9 +77,6 @@ def record_to_proto(r: RunRecord) -> pb.AgentRun:
     return run
 
 
-_DONE = object()
-
-
 class AgentApi(ServiceApi):
     service = "agent"
     descriptor = pb.DESCRIPTOR.services_by_name["AgentService"]
@@ -93,35 +87,12 @@ class AgentApi(ServiceApi):
         spec = to_spec(self.core, request)  # bad input fails before anything is streamed
         doc = json_format.MessageToDict(request)
         doc["runId"] = spec.run_id
-        events: queue.Queue = queue.Queue()
-        consumer_gone = threading.Event()
-        stopped = ctx.stopped
 
-        def work():
-            try:
-                self.core.run(spec, doc, lambda: consumer_gone.is_set() or stopped(),
-                              lambda e: events.put(event_to_proto(e)), time_left=ctx.time_remaining())
-            except BaseException as exc:  # noqa: BLE001 - handed to the consumer's thread
-                events.put(exc)
-            finally:
-                events.put(_DONE)
+        def work(stopped, emit):
+            # a cancel is noticed at the next token of a decision, not at the end of the run
+            self.core.run(spec, doc, stopped, lambda e: emit(event_to_proto(e)), time_left=ctx.time_remaining())
 
-        # The loop runs on its own thread so that a consumer that stops reading (or a cancel) is
-        # noticed at the next token of a decision, not at the end of the run.
-        worker = threading.Thread(target=work, name="agent-run", daemon=True)
-        worker.start()
-        try:
-            while True:
-                item = events.get()
-                if item is _DONE:
-                    return
-                if isinstance(item, BaseException):
-                    if isinstance(item, Cancelled):
-                        ctx.check()
-                    raise item
-                yield item
-        finally:
-            consumer_gone.set()
+        yield from stream_from_thread(ctx, work, "agent-run")
 
     def run_to_end(self, request: pb.RunAgentRequest, ctx: CallContext) -> pb.AgentRun:
         """The whole run without streaming (the queued `agent.run` task)."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Iterator
 
 import shared  # noqa: F401 - puts the generated stubs on sys.path
@@ -12,7 +10,7 @@ from genstack.image.v1 import image_pb2 as pb
 from genstack.image.v1 import image_pb2_grpc as pb_grpc
 from services.image.core import ImageCore, ImageRequest, ImageResult, Progress
 from shared.errors import Cancelled, InvalidArgument
-from shared.rpc import CallContext, ServiceApi, opt
+from shared.rpc import CallContext, ServiceApi, opt, stream_from_thread
 
 _SCHEDULER_TO_CORE = {
     pb.SCHEDULER_UNSPECIFIED: None,
@@ -82,10 +80,6 @@ def _progress(p: Progress) -> pb.GenerateImageStreamResponse:
     )
 
 
-
-_DONE = object()
-
-
 class ImageApi(ServiceApi):
     service = "image"
     descriptor = pb.DESCRIPTOR.services_by_name["ImageService"]
@@ -105,37 +99,12 @@ class ImageApi(ServiceApi):
     ) -> Iterator[pb.GenerateImageStreamResponse]:
         core_request = to_core(request.request, request.preview_every, request.preview_size)
         self.core.resolve(core_request)  # bad input fails before any event is sent
-        events: queue.Queue = queue.Queue()
-        consumer_gone = threading.Event()
-        stopped = ctx.stopped
 
-        def work():
-            try:
-                result = self.core.generate(
-                    core_request, lambda: consumer_gone.is_set() or stopped(), lambda p: events.put(_progress(p))
-                )
-                events.put(pb.GenerateImageStreamResponse(result=to_proto(result)))
-            except BaseException as exc:  # noqa: BLE001 - handed to the consumer's thread
-                events.put(exc)
-            finally:
-                events.put(_DONE)
+        def work(stopped, emit):
+            result = self.core.generate(core_request, stopped, lambda p: emit(_progress(p)))
+            return pb.GenerateImageStreamResponse(result=to_proto(result))
 
-        # Denoising runs on its own thread so that a consumer that stops reading (or a cancel)
-        # is noticed at the next step rather than when the whole run is over.
-        worker = threading.Thread(target=work, name="image-stream", daemon=True)
-        worker.start()
-        try:
-            while True:
-                item = events.get()
-                if item is _DONE:
-                    return
-                if isinstance(item, BaseException):
-                    if isinstance(item, Cancelled):
-                        ctx.check()
-                    raise item
-                yield item
-        finally:
-            consumer_gone.set()
+        yield from stream_from_thread(ctx, work, "image-stream")
 
 
 API_CLASS = ImageApi

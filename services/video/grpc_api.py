@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Iterator
 
 import shared  # noqa: F401 - puts the generated stubs on sys.path
@@ -12,7 +10,7 @@ from genstack.video.v1 import video_pb2 as pb
 from genstack.video.v1 import video_pb2_grpc as pb_grpc
 from services.video.core import Progress, VideoCore, VideoRequest, VideoResult
 from shared.errors import Cancelled, InvalidArgument
-from shared.rpc import CallContext, ServiceApi
+from shared.rpc import CallContext, ServiceApi, opt, stream_from_thread
 
 _SCHEDULER_TO_CORE = {
     pb.SCHEDULER_UNSPECIFIED: None,
@@ -49,22 +47,21 @@ def _enum(value: int, table: dict, enum, field: str):
 
 def to_core(request: pb.GenerateVideoRequest, preview_every: int = 0, preview_size: int = 0,
             preview_frames: int = 0) -> VideoRequest:
-    opt = lambda name: getattr(request, name) if request.HasField(name) else None  # noqa: E731 - proto3 optional
     return VideoRequest(
         prompt=request.prompt,
         negative_prompt=request.negative_prompt,
-        num_frames=opt("num_frames"),
-        fps=opt("fps"),
-        width=opt("width"),
-        height=opt("height"),
-        steps=opt("steps"),
-        guidance_scale=opt("guidance_scale"),
-        seed=opt("seed"),
+        num_frames=opt(request, "num_frames"),
+        fps=opt(request, "fps"),
+        width=opt(request, "width"),
+        height=opt(request, "height"),
+        steps=opt(request, "steps"),
+        guidance_scale=opt(request, "guidance_scale"),
+        seed=opt(request, "seed"),
         scheduler=_enum(request.scheduler, _SCHEDULER_TO_CORE, pb.Scheduler, "scheduler"),
         format=_enum(request.format, _FORMAT_TO_CORE, pb.VideoFormat, "format"),
         output=_enum(request.output, _OUTPUT_TO_CORE, pb.OutputMode, "output"),
         frame_noise=_enum(request.frame_noise, _NOISE_TO_CORE, pb.FrameNoise, "frame_noise"),
-        noise_share=opt("noise_share"),
+        noise_share=opt(request, "noise_share"),
         preview_every=preview_every,
         preview_size=preview_size or None,
         preview_frames=preview_frames or None,
@@ -111,13 +108,6 @@ def _progress(p: Progress) -> pb.GenerateVideoStreamResponse:
         preview_frame_indices=p.preview_indices))
 
 
-def _stopped(ctx: CallContext):
-    return lambda: ctx.cancelled() or ctx.expired()
-
-
-_DONE = object()
-
-
 class VideoApi(ServiceApi):
     service = "video"
     descriptor = pb.DESCRIPTOR.services_by_name["VideoService"]
@@ -126,7 +116,7 @@ class VideoApi(ServiceApi):
 
     def GenerateVideo(self, request: pb.GenerateVideoRequest, ctx: CallContext) -> pb.GenerateVideoResponse:
         try:
-            result = self.core.generate(to_core(request), _stopped(ctx))
+            result = self.core.generate(to_core(request), ctx.stopped)
         except Cancelled:
             ctx.check()  # a passed deadline reads DEADLINE_EXCEEDED, a cancelled call CANCELLED
             raise
@@ -137,37 +127,12 @@ class VideoApi(ServiceApi):
     ) -> Iterator[pb.GenerateVideoStreamResponse]:
         core_request = to_core(request.request, request.preview_every, request.preview_size, request.preview_frames)
         self.core.resolve(core_request)  # bad input fails before any event is sent
-        events: queue.Queue = queue.Queue()
-        consumer_gone = threading.Event()
-        stopped = _stopped(ctx)
 
-        def work():
-            try:
-                result = self.core.generate(
-                    core_request, lambda: consumer_gone.is_set() or stopped(), lambda p: events.put(_progress(p))
-                )
-                events.put(pb.GenerateVideoStreamResponse(result=to_proto(result)))
-            except BaseException as exc:  # noqa: BLE001 - handed to the consumer's thread
-                events.put(exc)
-            finally:
-                events.put(_DONE)
+        def work(stopped, emit):
+            result = self.core.generate(core_request, stopped, lambda p: emit(_progress(p)))
+            return pb.GenerateVideoStreamResponse(result=to_proto(result))
 
-        # Denoising runs on its own thread so that a consumer that stops reading (or a cancel) is
-        # noticed at the next step rather than when the whole clip is done.
-        worker = threading.Thread(target=work, name="video-stream", daemon=True)
-        worker.start()
-        try:
-            while True:
-                item = events.get()
-                if item is _DONE:
-                    return
-                if isinstance(item, BaseException):
-                    if isinstance(item, Cancelled):
-                        ctx.check()
-                    raise item
-                yield item
-        finally:
-            consumer_gone.set()
+        yield from stream_from_thread(ctx, work, "video-stream")
 
 
 API_CLASS = VideoApi

@@ -13,10 +13,10 @@ from google.protobuf import json_format
 import shared  # noqa: F401 - puts the generated stubs on sys.path
 from genstack.video.v1 import video_pb2 as pb
 from services.video.grpc_api import API_CLASS
-from shared.celery_app import TaskCallContext, make_celery, register_tasks, with_retry
+from shared.celery_app import TaskCallContext, make_celery, parse_payload, register_tasks, with_retry
 from shared.client import inproc_api
 from shared.config import get_settings
-from shared.errors import GenstackError, InvalidArgument
+from shared.errors import GenstackError
 from shared.logging import task_id_var
 
 app = make_celery()
@@ -26,10 +26,7 @@ _redis = redis.Redis.from_url(get_settings().redis_url)
 
 def _generate(self: Task, payload: dict | None = None, deadline_s: float | None = None) -> dict:
     task_id_var.set(self.request.id)
-    try:
-        request = json_format.ParseDict(payload or {}, pb.GenerateVideoRequest(), ignore_unknown_fields=False)
-    except json_format.ParseError as exc:
-        raise InvalidArgument(f"payload is not a valid genstack.video.v1.GenerateVideoRequest: {exc}") from None
+    request = parse_payload(payload, pb.GenerateVideoRequest)
     request.output = pb.OUTPUT_MODE_ARTIFACT
     ctx = TaskCallContext(_redis, self.request.id, deadline_s)
     return json_format.MessageToDict(inproc_api("video").GenerateVideo(request, ctx))
