@@ -121,13 +121,20 @@ def test_a_new_service_is_offered_by_serve_and_started_by_up(echo_service):
     assert {"echo grpc", "echo worker"} <= dict(stack.plan()).keys()  # and by default
 
 
-def test_up_refuses_unknown_and_unimplemented_services():
+@pytest.fixture
+def video_unimplemented(monkeypatch):
+    """A catalogue whose video entry has no code yet (every shipped entry has code now)."""
+    monkeypatch.setitem(SERVICES, "video", ServiceSpec(**{**get_spec("video").__dict__, "implemented": False}))
+    return "video"
+
+
+def test_up_refuses_unknown_and_unimplemented_services(video_unimplemented):
     with pytest.raises(InvalidArgument, match="unknown service 'nosuch'"):
         stack.plan(["nosuch"])
-    missing = [s.name for s in SERVICES.values() if not s.implemented]
-    for name in missing:
-        with pytest.raises(InvalidArgument, match=f"the {name} service is not implemented yet"):
-            stack.plan([name])
+    with pytest.raises(InvalidArgument, match="the video service is not implemented yet"):
+        stack.plan(["video"])
+    labels = [label for label, _ in stack.plan(None)]
+    assert "generator grpc" in labels and not [label for label in labels if label.startswith("video")]
 
 
 def test_a_new_service_is_deployed_by_compose(echo_service):
@@ -162,8 +169,9 @@ def test_gpu_placement_comes_from_the_catalogue(monkeypatch):
     assert "generator:" not in generate_compose.render_gpu_override()
 
 
-def test_unimplemented_services_are_neither_served_nor_deployed():
+def test_unimplemented_services_are_neither_served_nor_deployed(video_unimplemented):
     missing = {s.name for s in SERVICES.values() if not s.implemented}
+    assert missing == {"video"}
     compose = yaml.safe_load(generate_compose.render_compose())
     assert not missing & compose["services"].keys()
     for svc in compose["services"].values():
@@ -174,6 +182,20 @@ def test_unimplemented_services_are_neither_served_nor_deployed():
     for name in missing:
         with pytest.raises(SystemExit):
             build_parser().parse_args(["serve", name])
+
+
+def test_deploy_check_fails_when_compose_or_kubernetes_are_stale(video_unimplemented, capsys):
+    """`make deploy-check` runs these --check commands: stale or orphaned files make them exit 1."""
+    # the checked-in files still deploy video, which the patched catalogue no longer has
+    assert generate_compose.main(["--check"]) == 1
+    assert "out of date: docker-compose.yml (run `python -m deploy.generate_compose`)" in capsys.readouterr().out
+    assert generate_k8s.main(["--check"]) == 1
+    assert "out of date: deploy/k8s/base/services/video.yaml" in capsys.readouterr().out  # an orphan now
+
+
+def test_deploy_check_passes_on_the_checked_in_files(capsys):
+    assert generate_compose.main(["--check"]) == 0 and generate_k8s.main(["--check"]) == 0
+    assert "out of date" not in capsys.readouterr().out
 
 
 # -- layering ------------------------------------------------------------------------------------
