@@ -135,9 +135,9 @@ def all_settings_classes() -> list[type[BaseSettings]]:
         except ModuleNotFoundError as exc:
             if exc.name != module:
                 raise
-    for name in SERVICES:
+    for spec in SERVICES.values():
         try:
-            importlib.import_module(f"services.{name}.settings")
+            importlib.import_module(f"{spec.package}.settings")
         except ModuleNotFoundError:
             pass
     found: list[type[BaseSettings]] = [Settings, ClientSettings]

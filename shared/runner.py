@@ -49,7 +49,7 @@ def run(service: str, role: str, port: int | None = None, concurrency: int = 1) 
             os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="genstack-metrics-"))
         if concurrency == 1:
             tracing.setup(service)  # the solo pool runs tasks in this process (forked children: see celery_app)
-        tasks = importlib.import_module(f"services.{service}.tasks")
+        tasks = importlib.import_module(f"{spec.package}.tasks")
         if concurrency == 1:
             # solo pool: load models before consuming, so the first task is not slowed by it
             from shared.client import inproc_api

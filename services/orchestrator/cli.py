@@ -30,6 +30,13 @@ def _state(value: str) -> str:
     return v
 
 
+def _job_kinds() -> list[str]:
+    """The kinds a job can have: the fields of SubmitJobRequest's `input` oneof (the contract's list)."""
+    from genstack.orchestrator.v1 import orchestrator_pb2 as pb
+
+    return [f.name for f in pb.SubmitJobRequest.DESCRIPTOR.oneofs_by_name["input"].fields]
+
+
 def register(sub) -> None:
     p = sub.add_parser("ask", help="answer a question from the ingested documents, with citations")
     p.add_argument("question", help="the question (ingest documents first: genstack ingest PATH...)")
@@ -50,8 +57,8 @@ def register(sub) -> None:
     j = jobs.add_parser("list", help="the newest jobs first")
     j.add_argument("--state", action="append", default=[], type=_state,
                    help=f"only jobs in this state: {', '.join(STATES)} (repeatable)")
-    j.add_argument("--kind", action="append", default=[], help="only jobs of this kind: answer, generate, ingest, "
-                   "image (repeatable)")
+    j.add_argument("--kind", action="append", default=[],
+                   help=f"only jobs of this kind: {', '.join(_job_kinds())} (repeatable)")
     j.add_argument("--limit", type=int, default=20, help="at most this many jobs (1-200, default 20)")
     j.add_argument("--json", action="store_true", help="print the ListJobsResponse as JSON")
     j.set_defaults(func=jobs_list)
