@@ -12,7 +12,6 @@ import io
 import json
 import logging
 import random
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,11 +21,10 @@ import numpy as np
 
 from services.image.settings import ImageSettings
 from shared import metrics, tracing
-from shared.artifacts import Artifact, ArtifactStore, get_store
-from shared.config import Settings, get_settings
-from shared.errors import Cancelled, InvalidArgument, Unavailable
-from shared.progress import report
-from shared.runtime import configure_torch
+from shared.artifacts import Artifact, ArtifactStore
+from shared.config import Settings
+from shared.diffusion import DiffusionCore
+from shared.errors import Cancelled, InvalidArgument
 
 log = logging.getLogger(__name__)
 
@@ -91,86 +89,21 @@ class _Stop(Exception):
     """Raised inside the step callback to leave the denoising loop at once."""
 
 
-class ImageCore:
+class ImageCore(DiffusionCore):
+    MEDIA = "image"
+    DEFAULT_MODEL_DIR = DEFAULT_MODEL_DIR
+    TRAIN_TARGET = "train-image"
+
     def __init__(
         self,
         settings: ImageSettings | None = None,
         base: Settings | None = None,
         store: ArtifactStore | None = None,
     ):
-        self.settings = settings or ImageSettings()
-        self.base = base or get_settings()
-        self._store = store
-        self._pipe = None
-        self._load_lock = threading.Lock()
-        # One denoising run at a time: a run already uses every core (or the whole GPU).
-        self._run_lock = threading.Lock()
-        self._closed = False
+        super().__init__(settings or ImageSettings(), base, store)
 
-    # -- lifecycle ----------------------------------------------------------------------------
-
-    def warm_up(self) -> None:
-        self.pipeline()
-
-    def close(self) -> None:
-        self._closed = True
-        self._pipe = None
-
-    @property
-    def store(self) -> ArtifactStore:
-        if self._store is None:
-            self._store = get_store()
-        return self._store
-
-    @property
-    def model_name(self) -> str:
-        return self.settings.model
-
-    def source(self) -> str:
-        name = self.settings.model
-        return str(DEFAULT_MODEL_DIR) if name == "default" else name
-
-    def pipeline(self):
-        if self._pipe is not None:
-            return self._pipe
-        with self._load_lock:
-            if self._pipe is None:
-                self._pipe = self._load()
-        return self._pipe
-
-    def _load(self):
-        import torch
-        from diffusers import DiffusionPipeline
-        from diffusers.utils import logging as diffusers_logging
-
+    def _register_pipelines(self) -> None:
         import services.image.pipeline  # noqa: F401 - registers GenstackPixelPipeline with diffusers
-
-        diffusers_logging.disable_progress_bar()
-        dtype = getattr(torch, self.settings.dtype, None)
-        if not isinstance(dtype, torch.dtype):
-            raise InvalidArgument("must be float32, bfloat16 or float16", field="GENSTACK_IMAGE_DTYPE")
-        # The process-wide GENSTACK_TORCH_THREADS applies in-process too (the thread count can move a
-        # pixel by one level, so a seed's pixels match another process only at the same count);
-        # GENSTACK_IMAGE_TORCH_THREADS overrides it for this service.
-        configure_torch()
-        if self.settings.torch_threads:
-            torch.set_num_threads(self.settings.torch_threads)
-        source = self.source()
-        if self.settings.model == "default" and not (DEFAULT_MODEL_DIR / "model_index.json").exists():
-            raise Unavailable(f"the default image model is missing at {DEFAULT_MODEL_DIR}; run `make train-image`")
-        log.info("loading image pipeline", extra={"fields": {"model": source, "device": self.settings.device}})
-        report(f"loading the image model {self.settings.model} …", model=self.settings.model)
-        try:
-            pipe = DiffusionPipeline.from_pretrained(source, dtype=dtype, local_files_only=True)
-        except (OSError, ValueError) as exc:
-            raise Unavailable(
-                f"image model {self.settings.model!r} cannot be loaded offline (not a diffusers folder nor a cached "
-                f"Hugging Face id): {exc.__class__.__name__}: {str(exc)[:200]}"
-            ) from None
-        pipe.to(self.settings.device)
-        pipe.set_progress_bar_config(disable=True)
-        log.info("image pipeline ready", extra={"fields": {"class": type(pipe).__name__}})
-        return pipe
 
     # -- model facts --------------------------------------------------------------------------
 
@@ -246,18 +179,10 @@ class ImageCore:
         pipe = self.pipeline()
         r = self.resolve(req)
         timings: dict[str, float] = {}
-        while not self._run_lock.acquire(timeout=0.05):
-            if stopped():
-                raise Cancelled("cancelled while waiting for the model")
-        try:
-            timings["queue"] = (time.perf_counter() - t_start) * 1000
-            if self._closed:
-                raise Unavailable("the image service is shutting down")
+        with self.exclusive_run(stopped, timings, t_start):
             t0 = time.perf_counter()
             pixels = self._denoise(pipe, r, stopped, on_progress, t0)
             timings["denoise"] = (time.perf_counter() - t0) * 1000
-        finally:
-            self._run_lock.release()
 
         t1 = time.perf_counter()
         pngs = [self._png(img, r, i) for i, img in enumerate(pixels)]

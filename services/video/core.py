@@ -21,7 +21,6 @@ import json
 import logging
 import random
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,10 +32,10 @@ from services.video import metrics
 from services.video.settings import VideoSettings
 from shared import metrics as prom
 from shared import tracing
-from shared.artifacts import Artifact, ArtifactStore, get_store
-from shared.config import Settings, get_settings
-from shared.errors import Cancelled, InvalidArgument, Unavailable, require
-from shared.runtime import configure_torch
+from shared.artifacts import Artifact, ArtifactStore
+from shared.config import Settings
+from shared.diffusion import DiffusionCore
+from shared.errors import Cancelled, Unavailable, require
 
 log = logging.getLogger(__name__)
 
@@ -124,84 +123,26 @@ class _Stop(Exception):
     """Raised inside the step callback to leave the denoising loop at once."""
 
 
-class VideoCore:
+class VideoCore(DiffusionCore):
+    MEDIA = "video"
+    DEFAULT_MODEL_DIR = DEFAULT_MODEL_DIR
+    TRAIN_TARGET = "train-video"
+
     def __init__(
         self,
         settings: VideoSettings | None = None,
         base: Settings | None = None,
         store: ArtifactStore | None = None,
     ):
-        self.settings = settings or VideoSettings()
-        self.base = base or get_settings()
-        self._store = store
-        self._pipe = None
-        self._load_lock = threading.Lock()
-        self._run_lock = threading.Lock()  # one denoising run at a time: a run already uses every core
-        self._closed = False
+        super().__init__(settings or VideoSettings(), base, store)
 
-    # -- lifecycle ----------------------------------------------------------------------------
-
-    def warm_up(self) -> None:
-        self.pipeline()
-
-    def close(self) -> None:
-        self._closed = True
-        self._pipe = None
-
-    @property
-    def store(self) -> ArtifactStore:
-        if self._store is None:
-            self._store = get_store()
-        return self._store
-
-    @property
-    def model_name(self) -> str:
-        return self.settings.model
-
-    def source(self) -> str:
-        name = self.settings.model
-        return str(DEFAULT_MODEL_DIR) if name == "default" else name
-
-    def pipeline(self):
-        if self._pipe is not None:
-            return self._pipe
-        with self._load_lock:
-            if self._pipe is None:
-                self._pipe = self._load()
-        return self._pipe
-
-    def _load(self):
-        import torch
-        from diffusers import DiffusionPipeline
-        from diffusers.utils import logging as diffusers_logging
-
+    def _register_pipelines(self) -> None:
         import services.video.pipeline  # noqa: F401 - registers GenstackVideoPipeline and its UNet
 
-        diffusers_logging.disable_progress_bar()
-        dtype = getattr(torch, self.settings.dtype, None)
-        if not isinstance(dtype, torch.dtype):
-            raise InvalidArgument("must be float32, bfloat16 or float16", field="GENSTACK_VIDEO_DTYPE")
-        configure_torch()
-        if self.settings.torch_threads:
-            torch.set_num_threads(self.settings.torch_threads)
-        source = self.source()
-        if self.settings.model == "default" and not (DEFAULT_MODEL_DIR / "model_index.json").exists():
-            raise Unavailable(f"the default video model is missing at {DEFAULT_MODEL_DIR}; run `make train-video`")
-        log.info("loading video pipeline", extra={"fields": {"model": source, "device": self.settings.device}})
-        try:
-            pipe = DiffusionPipeline.from_pretrained(source, dtype=dtype, local_files_only=True)
-        except (OSError, ValueError) as exc:
-            raise Unavailable(
-                f"video model {self.settings.model!r} cannot be loaded offline (not a diffusers folder nor a cached "
-                f"Hugging Face id): {exc.__class__.__name__}: {str(exc)[:200]}"
-            ) from None
+    def _check_pipeline(self, pipe) -> None:
         if not hasattr(pipe, "unet") and not hasattr(pipe, "transformer"):
             raise Unavailable(
                 f"video model {self.settings.model!r} is a {type(pipe).__name__}, not a denoising pipeline")
-        pipe.to(self.settings.device)
-        pipe.set_progress_bar_config(disable=True)
-        log.info("video pipeline ready", extra={"fields": {"class": type(pipe).__name__}})
-        return pipe
 
     # -- model facts --------------------------------------------------------------------------
 
@@ -293,18 +234,10 @@ class VideoCore:
         t_start = time.perf_counter()
         r = self.resolve(req)
         timings: dict[str, float] = {}
-        while not self._run_lock.acquire(timeout=0.05):
-            if stopped():
-                raise Cancelled("cancelled while waiting for the model")
-        try:
-            timings["queue"] = (time.perf_counter() - t_start) * 1000
-            if self._closed:
-                raise Unavailable("the video service is shutting down")
+        with self.exclusive_run(stopped, timings, t_start):
             t0 = time.perf_counter()
             pixels = self._denoise(pipe, r, stopped, on_progress, t0)
             timings["denoise"] = (time.perf_counter() - t0) * 1000
-        finally:
-            self._run_lock.release()
 
         t1 = time.perf_counter()
         coherence = metrics.coherence(pixels)
