@@ -71,3 +71,28 @@ def configure(mode: str = "plain", stream=None) -> None:
 
 def enabled() -> bool:
     return logging.getLogger(LOGGER).isEnabledFor(logging.INFO)
+
+
+def follow_steps(stream, disable: bool = False, desc: str = "denoising"):
+    """Read a stream of `progress` / `result` messages (the image and video streams) with a bar per
+    step on stderr; returns the `result` (None if the stream ended without one). Ctrl-C cancels
+    the stream before it propagates."""
+    from tqdm import tqdm
+
+    bar = result = None
+    try:
+        for msg in stream:
+            if msg.HasField("progress"):
+                if bar is None:
+                    bar = tqdm(total=msg.progress.total_steps, unit="step", desc=desc, disable=disable,
+                               file=sys.stderr)
+                bar.update(msg.progress.step - bar.n)
+            elif msg.HasField("result"):
+                result = msg.result
+    except KeyboardInterrupt:
+        stream.cancel()
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    return result

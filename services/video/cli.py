@@ -70,31 +70,14 @@ def frame_paths(output: str, count: int) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from genstack.video.v1 import video_pb2 as pb
     from shared.artifacts import get_store
     from shared.clients.video import VideoClient
+    from shared.progress import follow_steps
 
     with VideoClient(args.transport) as client:
         stream = client.generate_video_stream(build_request(args), timeout=args.timeout)
-        bar = None
-        result = None
-        try:
-            for msg in stream:
-                if msg.HasField("progress"):
-                    if bar is None:
-                        bar = tqdm(total=msg.progress.total_steps, unit="step", desc="denoising",
-                                   disable=args.no_progress, file=sys.stderr)
-                    bar.update(msg.progress.step - bar.n)
-                elif msg.HasField("result"):
-                    result = msg.result
-        except KeyboardInterrupt:
-            stream.cancel()
-            raise
-        finally:
-            if bar is not None:
-                bar.close()
+        result = follow_steps(stream, disable=args.no_progress)
     if result is None:
         print("error: the stream ended without a result", file=sys.stderr)
         return 1
