@@ -210,9 +210,9 @@ def run_answer(client, request, out=sys.stdout, err=sys.stderr) -> object:
         write(f" (score {a.verdict.score:.2f})")
     write(f" · model {a.model or '-'} · attempts {a.attempts} · {_state_name(job.state)} · "
           f"{elapsed_s(job):.1f} s · job {job.job_id}\n")
-    if job.error:
-        write(f"{job.error}\n")
     flush()
+    if job.error:  # why the job failed: a message for the person, on stderr like every error
+        (err or sys.stderr).write(f"{job.error}\n")
     return job
 
 
@@ -391,7 +391,7 @@ def jobs_cancel(args) -> int:
         resp = client.cancel_job(args.job_id, timeout=args.timeout)
     state = _state_name(resp.state)
     if resp.cancelled and resp.state == pb.JOB_STATE_CANCELLED:
-        print(f"job {args.job_id} cancelled (it had not started)")
+        print(f"job {args.job_id} cancelled")  # nothing was running it: it ended at once
     elif resp.cancelled:
         print(f"job {args.job_id} is {state}: cancel requested; it stops at its next step or token "
               f"(follow it with `genstack jobs watch {args.job_id}`)")

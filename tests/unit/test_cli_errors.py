@@ -138,6 +138,26 @@ def test_deleting_a_collection(env, tmp_path):
     assert code == 1 and "collection 'nosuch' does not exist" in one_message(err)
 
 
+def test_a_collection_is_deleted_with_yes_and_is_gone_after(env, tmp_path):
+    note = tmp_path / "note.md"
+    note.write_text("# Note\n\nThe retriever keeps chunks in collections.\n")
+    code, _, err = genstack("ingest", str(note), "-c", "to_delete", "--quiet", env=env)
+    assert code == 0, err
+    code, out, _ = genstack("collections", env=env)
+    assert code == 0 and "to_delete" in out
+    code, out, err = genstack("collections", "delete", "to_delete", "--yes", env=env)
+    assert code == 0 and "to_delete" in out, err
+    code, _, err = genstack("search", "chunks", "-c", "to_delete", env=env)
+    assert code == 1 and "collection 'to_delete' does not exist" in one_message(err)
+
+
+def test_ask_takes_a_job_deadline(env):
+    code, _, err = genstack("ask", "what is x?", "--timeout", "-1", env=env)
+    assert code == 2 and "deadline_s: must be between 0 and 3600 seconds" in one_message(err)
+    code, _, err = genstack("ask", "what is x?", "--timeout", "0.001", env=env)
+    assert code == 1 and one_message(err) == "the job's deadline passed"
+
+
 def test_jobs_cancel_says_what_happened(env):
     """A finished job: the answer is a sentence, not an enum name and a boolean."""
     from services.orchestrator.store import SqliteJobStore
@@ -150,6 +170,35 @@ def test_jobs_cancel_says_what_happened(env):
     assert code == 0 and out.strip() == f"job {job_id} already succeeded; nothing to cancel"
     code, out, _ = genstack("jobs", "list", env=env)
     assert code == 0 and job_id in out and "succeeded" in out and "1.5 s" in out
+
+
+def test_jobs_cancel_of_a_running_job_says_it_stops_at_its_next_step(env):
+    """A job another live process runs (it holds the lease): the cancel is a request, said so."""
+    from services.orchestrator.store import SqliteJobStore
+
+    store = SqliteJobStore(Path(env["GENSTACK_DATA_DIR"]) / "orchestrator" / "jobs.sqlite3", 3600)
+    job_id = "d" * 32
+    store.create(job_id, {"jobId": job_id, "kind": "answer", "state": "JOB_STATE_RUNNING",
+                          "createdAt": "2026-01-01T00:00:00Z"}, "answer", 2, "", owner="another-process", lease_s=600)
+    code, out, _ = genstack("jobs", "cancel", job_id, env=env)
+    assert code == 0 and out.strip() == (
+        f"job {job_id} is running: cancel requested; it stops at its next step or token "
+        f"(follow it with `genstack jobs watch {job_id}`)")
+    assert store.cancel_requested(job_id)
+
+
+def test_jobs_cancel_of_an_orphaned_job_ends_it_at_once(env):
+    """A RUNNING job whose process is gone (no live lease): cancel ends it CANCELLED there and then."""
+    from services.orchestrator.store import SqliteJobStore
+
+    store = SqliteJobStore(Path(env["GENSTACK_DATA_DIR"]) / "orchestrator" / "jobs.sqlite3", 3600)
+    job_id = "c" * 32
+    store.create(job_id, {"jobId": job_id, "kind": "answer", "state": "JOB_STATE_RUNNING",
+                          "createdAt": "2026-01-01T00:00:00Z"}, "answer", 2, "")
+    code, out, _ = genstack("jobs", "cancel", job_id, env=env)
+    assert code == 0 and out.strip() == f"job {job_id} cancelled"
+    code, out, _ = genstack("jobs", "get", job_id, env=env)
+    assert code == 0 and "state     cancelled" in out
 
 
 def test_a_running_job_shows_its_time_so_far(env):
