@@ -4,6 +4,7 @@ the session's temporary data folder)."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -108,3 +109,38 @@ def test_queued_ingest_reports_stages(folder, capsys, monkeypatch):
     out, err = capsys.readouterr()
     assert "ingested 4 files as 4 chunks into 'cli_queued'" in out
     assert "done 4/4" in err  # the last stage shown on the bar
+
+
+def _facts(folder) -> None:
+    sentences = [f"Fact number {i} says that the item {i} weighs {i * 7} grams and is kept on shelf {i % 9}."
+                 for i in range(120)]
+    (folder / "facts.md").write_text("# Facts\n\n" + "\n\n".join(sentences) + "\n")
+
+
+def _embedding_counts(out: str, err: str) -> tuple[int, list[int]]:
+    total = int(out.split(" chunks into")[0].rsplit(" ", 1)[1])
+    return total, sorted({int(m) for m in re.findall(rf"embedding (\d+)/{total} chunks", err)})
+
+
+def test_ingest_progress_moves_per_embedded_slice(tmp_path, capsys, monkeypatch):
+    """Embedding is reported per slice of 32 chunks, so the bar moves during a long ingest instead of
+    sitting at 0/N until it is done."""
+    monkeypatch.chdir(tmp_path)
+    _facts(tmp_path)
+    assert main(["ingest", "facts.md", "-c", "cli_slices", "--chunk-size", "24", "--chunk-overlap", "0",
+                 "--progress"]) == 0
+    total, counts = _embedding_counts(*capsys.readouterr())
+    assert total > 64 and {0, 32, 64, total} <= set(counts), counts
+
+
+@pytest.mark.slow
+def test_queued_ingest_progress_moves_while_the_worker_embeds(tmp_path, capsys, monkeypatch, service_process):
+    """The queued path: a real retriever worker reports each slice through the task's state, and the
+    CLI shows counts between 0 and the total before the task ends."""
+    service_process("retriever", "worker")
+    monkeypatch.chdir(tmp_path)
+    _facts(tmp_path)
+    assert main(["ingest", "facts.md", "-c", "cli_slices_queued", "--chunk-size", "24", "--chunk-overlap", "0",
+                 "--progress", "--queued", "--transport", "celery"]) == 0
+    total, counts = _embedding_counts(*capsys.readouterr())
+    assert total > 64 and [c for c in counts if 0 < c < total], counts
