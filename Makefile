@@ -15,7 +15,7 @@ export TOKENIZERS_PARALLELISM := false
 venv: $(STAMP)
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-models.txt pyproject.toml
-	@echo "genstack: setting up $(VENV) (first run: about 2.7 GB, a few minutes; later runs skip this)"
+	@echo "genstack: setting up $(VENV) (first run: about 2.8 GB, a few minutes; later runs skip this)"
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@echo "genstack: [1/3] installing the Python packages (requirements.txt, requirements-dev.txt; torch is the largest)"
 	@$(BIN)/pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
