@@ -339,6 +339,8 @@ def test_worker_sigkill_mid_task_orchestrator_and_generator_queues(stack):
             if all(s == "STARTED" for s in states):
                 break
             time.sleep(0.1)
+        else:
+            pytest.fail(f"the first tasks never started (states {states}): the kill would hit idle workers")
         for w in workers.values():
             w.kill()
         start_all(list(workers.values()))
