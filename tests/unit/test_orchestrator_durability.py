@@ -23,7 +23,7 @@ from services.orchestrator.settings import OrchestratorSettings
 from services.orchestrator.steps import slot, step
 from services.orchestrator.store import MemoryJobStore, RedisJobStore, SqliteJobStore
 from shared.config import get_settings
-from shared.errors import InvalidArgument, ResourceExhausted, Unavailable
+from shared.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavailable
 
 FIRST = slot("durability_first", str)
 CALLS: collections.Counter = collections.Counter()  # (job_id, step) -> times run
@@ -338,6 +338,14 @@ def test_transient_errors_are_retried_inside_the_deadline_and_recorded(pipelines
         final = core.run(job)
         assert final.state == pb.JOB_STATE_FAILED and final.error_code == "UNAVAILABLE"
         assert final.duration_ms < 1500  # gave up inside the job's deadline
+
+        # one call that ran out of its own time (a frozen replica) is tried again while the job has time
+        job, _ = core.create(request("w", deadline_s=60))
+        FLAKY["w"] = [DeadlineExceeded("call deadline")]
+        final = core.run(job)
+        assert final.state == pb.JOB_STATE_SUCCEEDED, final.error
+        second = [s for s in final.steps if s.name == "dur_second"][0]
+        assert second.call_retries == 1 and "DEADLINE_EXCEEDED" in second.retry_errors[0]
 
         job, _ = core.create(request("v"))
         FLAKY["v"] = [InvalidArgument("bad", field="prompt")]
