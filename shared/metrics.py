@@ -334,6 +334,11 @@ def connect_celery_signals() -> None:
         name = getattr(request, "task", None) or getattr(request, "name", None) or "unknown"
         CELERY_TASKS.labels(name, "revoked").inc()
 
+    @signals.worker_process_shutdown.connect(weak=False)
+    def _child_exit(pid=None, **_kw):
+        # a prefork child that ends takes its live gauges (in-flight tasks) with it; counters stay
+        child_exited(pid or os.getpid())
+
 
 _signals_connected = False
 

@@ -201,18 +201,21 @@ def test_forked_workers_add_up_in_multiprocess_mode(tmp_path):
         import os, sys
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = {str(tmp_path)!r}
         sys.path.insert(0, {str(ROOT)!r})
+        from celery import signals
         from shared import metrics
+        metrics.connect_celery_signals()
         pids = []
-        for _ in range(3):
+        for i in range(3):
             pid = os.fork()
             if pid == 0:
                 metrics.GEN_TOKENS.labels("forked").inc(5)
                 metrics.CELERY_IN_FLIGHT.labels("t").inc()
+                if i == 0:  # Celery sends this in a prefork child that ends: its live gauge goes
+                    signals.worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=0)
                 os._exit(0)
             pids.append(pid)
         for pid in pids:
             os.waitpid(pid, 0)
-        metrics.child_exited(pids[0])  # its live gauge goes; its counter stays
         from prometheus_client import generate_latest
         print(generate_latest(metrics.registry()).decode())
     """)
