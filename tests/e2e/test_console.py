@@ -3,7 +3,8 @@ selenium): `genstack console` runs as its own process in front of a real orchest
 (embedded services with the real default models, in this process). From the page: submit an ask
 job and watch its events arrive, the answer stream in and its sources with the cited passages;
 submit an image job and see the image rendered; open a failed job and read why it failed.
-Screenshots of these views are written to docs/ (GENSTACK_CONSOLE_SCREENSHOTS=0 skips that)."""
+Screenshots of these views are written to docs/ with GENSTACK_CONSOLE_SCREENSHOTS=1 (a plain test run
+leaves the tracked pictures alone)."""
 
 from __future__ import annotations
 
@@ -154,7 +155,7 @@ def _fill(driver, values: dict, extra: dict | None = None) -> None:
 
 
 def _screenshot(driver, name: str) -> None:
-    if os.environ.get("GENSTACK_CONSOLE_SCREENSHOTS", "1") == "0":
+    if os.environ.get("GENSTACK_CONSOLE_SCREENSHOTS", "0") != "1":
         return
     png = driver.get_screenshot_as_png()
     (DOCS / name).write_bytes(_shrink(png))
