@@ -14,7 +14,8 @@ import pytest
 from shared import tracing
 
 ROOT = Path(__file__).resolve().parents[2]
-OTEL = ("OTEL_SDK_DISABLED", "OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+OTEL = ("OTEL_SDK_DISABLED", "OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 
 
 @pytest.mark.parametrize(("env", "on"), [
@@ -34,15 +35,15 @@ def test_the_standard_variables_turn_it_on(monkeypatch, env, on):
 
 
 def test_off_by_default_loads_no_sdk_and_records_nothing():
-    script = (
-        "import json, sys; sys.path.insert(0, %r)\n"
-        "from shared import tracing\n"
-        "on = tracing.setup('validator')\n"
-        "with tracing.span('work', {'k': 1}):\n"
-        "    tracing.record('inner', 0.01)\n"
-        "print(json.dumps({'on': on, 'enabled': tracing.enabled(),\n"
-        "                  'sdk': 'opentelemetry.sdk.trace' in sys.modules}))\n" % str(ROOT)
-    )
+    script = "\n".join([
+        f"import json, sys; sys.path.insert(0, {str(ROOT)!r})",
+        "from shared import tracing",
+        "on = tracing.setup('validator')",
+        "with tracing.span('work', {'k': 1}):",
+        "    tracing.record('inner', 0.01)",
+        "print(json.dumps({'on': on, 'enabled': tracing.enabled(),",
+        "                  'sdk': 'opentelemetry.sdk.trace' in sys.modules}))",
+    ])
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120,
                          check=True).stdout
