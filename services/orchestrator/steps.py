@@ -163,3 +163,30 @@ def to_json(msg) -> dict:
 
 def dumps(doc: dict) -> str:
     return json.dumps(doc, default=str)
+
+
+def follow_denoising(run, stream, event: str, step_name: str, attempt: int, previews: Callable[[Any], list[bytes]]):
+    """Read an image or video stream to its result, emitting `event` per denoising step (step, total,
+    elapsed, the previews as base64 PNGs) so that watchers see progress; a job cancel stops it."""
+    import base64
+
+    from shared.errors import Cancelled, Unavailable
+
+    response = None
+    try:
+        for msg in stream:
+            if run.cancelled():
+                raise Cancelled(f"job cancelled during {step_name}")
+            if msg.HasField("result"):
+                response = msg.result
+            else:
+                p = msg.progress
+                run.emit(event, step_name, {
+                    "step": p.step, "total_steps": p.total_steps, "elapsed_ms": round(p.elapsed_ms, 1),
+                    "attempt": attempt, "previews": [base64.b64encode(png).decode() for png in previews(p)]})
+    finally:
+        if response is None:
+            stream.cancel()
+    if response is None:
+        raise Unavailable(f"the {step_name} stream ended without a result")
+    return response

@@ -208,6 +208,11 @@ def test_ask_job_streams_its_answer_and_shows_cited_sources(page):
     names = [b.find_element(By.CSS_SELECTOR, ".mono").text for b in bars]
     assert names[0] == "retrieve" and names.index("build_context") < names.index("generate_answer"), names
     _wait(driver, lambda: driver.find_element(By.ID, "live").text.lower() == "ended", 20, "the stream's end")
+    # the validator's verdict, check by check, with its evidence or feedback
+    verdict = _wait(driver, lambda: driver.find_elements(By.CSS_SELECTOR, "#verdicts .verdict"), 20, "the verdict")
+    assert not driver.find_element(By.ID, "verdict-card").get_attribute("hidden")
+    assert verdict[0].find_elements(By.CSS_SELECTOR, ".check") and ("passed" in verdict[0].text
+                                                                     or "failed" in verdict[0].text)
     # the job list shows it
     _wait(driver, lambda: driver.find_elements(By.CSS_SELECTOR, "#jobs tbody tr"), 20, "the job list")
     _screenshot(driver, "console-answer.png")
@@ -252,3 +257,112 @@ def test_a_failed_job_says_why(page):
     _wait(driver, lambda: {r.find_elements(By.TAG_NAME, "td")[2].text.lower()
                            for r in driver.find_elements(By.CSS_SELECTOR, "#jobs tbody tr")} == {"failed"}, 20,
           "a list of failed jobs only")
+
+
+def test_video_job_shows_its_progress_and_plays_the_clip(page):
+    from selenium.webdriver.common.by import By
+
+    driver, url, _ = page
+    driver.get(url)
+    _tab(driver, "video")
+    _fill(driver, {"prompt": "a red circle moving right on a blue background", "numFrames": 4, "steps": 2,
+                   "seed": 1})
+    _wait(driver, lambda: {"job.succeeded", "job.failed"} & set(_event_types(driver)), 300, "the video job's end")
+    assert "video.progress" in _event_types(driver)
+    clip = _wait(driver, lambda: driver.find_element(By.CSS_SELECTOR, "#media video"), 20, "the clip")
+    # the job keeps the clip as an artifact; the console serves it to the page
+    src = clip.get_attribute("src")
+    assert "/api/artifact?uri=" in src, src
+    assert urllib.request.urlopen(src, timeout=30).read()[4:8] == b"ftyp"  # an MP4
+    assert driver.find_elements(By.CSS_SELECTOR, "#previews img")  # preview frames while it denoised
+    # the video-default policy's verdict is shown with the clip
+    assert _wait(driver, lambda: driver.find_elements(By.CSS_SELECTOR, "#verdicts .verdict"), 20, "its verdict")
+
+
+def test_agent_job_shows_its_steps_and_final_answer(page):
+    from selenium.webdriver.common.by import By
+
+    driver, url, _ = page
+    driver.get(url)
+    _tab(driver, "agent")
+    _fill(driver, {"goal": "What is 17*23?", "allowedTools": "calculator", "model": ANSWER_MODEL})
+    _wait(driver, lambda: {"job.succeeded", "job.failed"} & set(_event_types(driver)), 300, "the agent job's end")
+    types = _event_types(driver)
+    assert "agent.step" in types and "job.succeeded" in types, types
+    answer = _wait(driver, lambda: driver.find_element(By.ID, "answer").text.strip(), 30, "the final answer")
+    assert answer
+
+
+@pytest.fixture(scope="module")
+def guarded_console(tmp_path_factory):
+    """An orchestrator that wants a bearer token (GENSTACK_AUTH_TOKENS_FILE) and a console in front of
+    it that has no token of its own."""
+    from services.orchestrator.core import OrchestratorCore
+    from services.orchestrator.grpc_api import OrchestratorApi
+    from services.orchestrator.settings import OrchestratorSettings
+    from shared import auth
+    from shared.grpc_server import Server
+
+    folder = tmp_path_factory.mktemp("console-auth")
+    tokens = folder / "tokens.json"
+    tokens.write_text(json.dumps({"tokens": [{"token": "console-test-alice", "principal": "alice",
+                                              "scopes": ["jobs"]}]}))
+    previous = os.environ.get("GENSTACK_AUTH_TOKENS_FILE")
+    os.environ["GENSTACK_AUTH_TOKENS_FILE"] = str(tokens)
+    auth.get_auth_settings.cache_clear()
+    try:
+        core = OrchestratorCore(OrchestratorSettings(store="memory", recover=False))
+        server = Server(OrchestratorApi(core), 0, host="127.0.0.1").start(warm_up_in_background=False)
+    finally:
+        if previous is None:
+            os.environ.pop("GENSTACK_AUTH_TOKENS_FILE")
+        else:
+            os.environ["GENSTACK_AUTH_TOKENS_FILE"] = previous
+        auth.get_auth_settings.cache_clear()
+    env = {k: v for k, v in os.environ.items() if k not in ("GENSTACK_AUTH_TOKEN", "GENSTACK_AUTH_TOKENS_FILE")}
+    proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "console", "--port", "0", "--host", "127.0.0.1",
+                             "--orchestrator", f"127.0.0.1:{server.port}"], cwd=ROOT,
+                            env={**env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    port = None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and port is None:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if line.startswith("GENSTACK_LISTENING console"):
+            port = int(line.split()[2])
+    try:
+        assert port, "the console did not start"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        server.stop(0)
+        core.close()
+
+
+def test_with_authentication_on_the_console_asks_for_a_token_and_passes_it_on(guarded_console, page):
+    import urllib.error
+
+    from selenium.webdriver.common.by import By
+
+    url = guarded_console
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{url}/api/jobs", timeout=30)
+    assert refused.value.code == 401  # the orchestrator said UNAUTHENTICATED; the console has no token
+    request = urllib.request.Request(f"{url}/api/jobs", headers={"Authorization": "Bearer console-test-alice"})
+    assert json.loads(urllib.request.urlopen(request, timeout=30).read())["jobs"] == []
+    # the page asks for the token, keeps it for the tab and sends it with every call
+    driver = page[0]
+    driver.get(url)
+    driver.execute_script("sessionStorage.clear()")
+    driver.get(url)
+    dialog = _wait(driver, lambda: (d := driver.find_element(By.ID, "token-dialog")).is_displayed() and d, 30,
+                   "the token dialog")
+    dialog.find_element(By.ID, "token-input").send_keys("console-test-alice")
+    dialog.find_element(By.CSS_SELECTOR, "button[type='submit']").click()
+    _wait(driver, lambda: not driver.find_element(By.ID, "token-dialog").is_displayed(), 20, "the dialog to close")
+    _tab(driver, "generate")
+    _fill(driver, {"prompt": "Say hi", "model": ANSWER_MODEL}, {"sampling": {"maxNewTokens": 4}})
+    _wait(driver, lambda: "job.queued" in _event_types(driver), 60, "the job, submitted with the token")

@@ -45,6 +45,10 @@ def test_video_job_generates_validates_and_records(core):
         assert record.state == pb.JOB_STATE_FAILED and len(attempts) == 2 and not result.verdict.passed
         assert record.error.startswith("validation failed")
     assert [s.name for s in record.steps][:2] == ["generate_video", "validate_video"]
+    # watchers see the denoising as it goes: a progress event per step, with preview frames
+    progress = [e for e in core.store.events(job.job_id, "", 0) if e.type == "video.progress"]
+    assert [e.data["step"] for e in progress][:4] == [1, 2, 3, 4]
+    assert any(e.data["previews"] for e in progress)
 
 
 def test_video_job_without_prompt_is_invalid(core):

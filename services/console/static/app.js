@@ -269,7 +269,7 @@ function renderJob(job) {
                                  citeHtml(job.answer.rejectedAnswer));
   }
   else if (job.generate) $("#answer").textContent = job.generate.text || "";
-  else if (job.agent && job.agent.answer) $("#answer").textContent = job.agent.answer;
+  else if (job.agent && job.agent.finalAnswer) $("#answer").textContent = job.agent.finalAnswer;
   else if (job.ingest) $("#answer").textContent = `ingested ${JSON.stringify(job.ingest.documents || job.ingest)}`;
   const media = mediaOf(job.image || job.video || job.agent || null);
   const box = $("#media");

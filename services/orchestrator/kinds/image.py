@@ -3,15 +3,13 @@ with the next seed."""
 
 from __future__ import annotations
 
-import base64
-
 from genstack.image.v1 import image_pb2 as ipb
 from genstack.orchestrator.v1 import orchestrator_pb2 as opb
 from genstack.validator.v1 import validator_pb2 as vpb
 from services.orchestrator.kinds import JobKind, register
 from services.orchestrator.pipelines import Pipeline, RetryRule, StepDef
-from services.orchestrator.steps import slot, step, to_json
-from shared.errors import Cancelled, Unavailable, require
+from services.orchestrator.steps import follow_denoising, slot, step, to_json
+from shared.errors import require
 
 IMAGES = slot("images", list)
 IMAGE_ATTEMPT = slot("image_attempt", int)
@@ -46,24 +44,7 @@ def _stream_image(run, request: ipb.GenerateImageRequest, attempt: int, params: 
     size = int(params.get("preview_size", 64))
     stream = run.client("image", "generate_image").generate_image_stream(
         ipb.GenerateImageStreamRequest(request=request, preview_every=every, preview_size=size), timeout=run.timeout())
-    response = None
-    try:
-        for msg in stream:
-            if run.cancelled():
-                raise Cancelled("job cancelled during image generation")
-            if msg.HasField("result"):
-                response = msg.result
-            else:
-                p = msg.progress
-                run.emit("image.progress", "generate_image", {
-                    "step": p.step, "total_steps": p.total_steps, "elapsed_ms": round(p.elapsed_ms, 1),
-                    "attempt": attempt, "previews": [base64.b64encode(png).decode() for png in p.previews]})
-    finally:
-        if response is None:
-            stream.cancel()
-    if response is None:
-        raise Unavailable("the image stream ended without a result")
-    return response
+    return follow_denoising(run, stream, "image.progress", "generate_image", attempt, lambda p: p.previews)
 
 
 @step("validate_image", reads=(IMAGES,), optional=(IMAGE_ATTEMPT,), provides=(IMAGE_VERDICTS, FEEDBACK),

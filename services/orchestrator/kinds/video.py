@@ -8,7 +8,7 @@ from genstack.validator.v1 import validator_pb2 as vpb
 from genstack.video.v1 import video_pb2 as vidpb
 from services.orchestrator.kinds import JobKind, register
 from services.orchestrator.pipelines import Pipeline, RetryRule, StepDef
-from services.orchestrator.steps import slot, step, to_json
+from services.orchestrator.steps import follow_denoising, slot, step, to_json
 from shared.errors import require
 
 CLIP = slot("video", vidpb.GenerateVideoResponse)
@@ -45,7 +45,14 @@ def generate_video(run, params: dict) -> None:
         base = request.seed if request.HasField("seed") else (previous.metadata.seed if previous else 0)
         request.seed = base + attempt - 1
     with run.step("generate_video", "video", to_json(request), attempt=attempt) as rec:
-        response = run.client("video", "generate_video").generate_video(request, timeout=run.timeout())
+        # the streaming RPC, so that watchers see a `video.progress` event per denoising step, with a
+        # few small preview frames every `preview_every` steps (0: none)
+        stream = run.client("video", "generate_video").generate_video_stream(vidpb.GenerateVideoStreamRequest(
+            request=request, preview_every=int(params.get("preview_every", 2)),
+            preview_size=int(params.get("preview_size", 64)), preview_frames=int(params.get("preview_frames", 4))),
+            timeout=run.timeout())
+        response = follow_denoising(run, stream, "video.progress", "generate_video", attempt,
+                                    lambda p: p.preview_frames)
         v = response.video
         rec.output = {"video": {"uri": v.artifact.uri, "frames": len(v.frame_artifacts) or v.num_frames,
                                 "mime_type": v.mime_type, "fps": v.fps, "width": v.width, "height": v.height},
