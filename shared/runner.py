@@ -61,6 +61,13 @@ def run(service: str, role: str, port: int | None = None, concurrency: int = 1) 
         from shared import metrics
 
         metrics.start(f"{service}-worker")
+        from celery import signals
+
+        @signals.worker_ready.connect(weak=False)
+        def _ready(**_kw):
+            # machine-readable, whatever the log level (Celery's own "ready." is an INFO log line)
+            print(f"GENSTACK_WORKER_READY {service} {spec.queue}", flush=True)
+
         tasks.app.worker_main(argv)
         return 0
     raise ValueError(f"role must be grpc or worker (got {role!r})")

@@ -293,7 +293,7 @@ def run_example(example: Example, walk: _Walk) -> str:
         assert TRACEBACK not in out and code == 0, f"{example.id}: exit {code}\n{out[-3000:]}"
         return "served, then SIGTERM"
     if command == "worker":
-        code, out = _run_until(argv, env, walk.scratch, "ready.")
+        code, out = _run_until(argv, env, walk.scratch, "GENSTACK_WORKER_READY")
         assert TRACEBACK not in out and code == 0, f"{example.id}: exit {code}\n{out[-3000:]}"
         return "consumed its queue, then SIGTERM"
     if command == "up":
