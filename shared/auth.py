@@ -33,7 +33,6 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import grpc
@@ -41,6 +40,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.errors import PermissionDenied, Unauthenticated
+from shared.timefmt import parse_iso
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def _expiry(value) -> float | None:
         return None
     if isinstance(value, int | float):
         return float(value)
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    return parse_iso(value)
 
 
 class TokenRegistry:

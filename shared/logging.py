@@ -6,7 +6,8 @@ import contextvars
 import json
 import logging
 import sys
-import time
+
+from shared.timefmt import iso_utc
 
 service_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("service", default=None)
 _process_service = "-"  # threads do not inherit context variables; the process's service still applies
@@ -20,7 +21,7 @@ _CONTEXT = {"job_id": job_id_var, "request_id": request_id_var, "task_id": task_
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         doc = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "ts": iso_utc(record.created),
             "level": record.levelname,
             "service": service_var.get() or _process_service,
             "logger": record.name,

@@ -6,9 +6,10 @@ import argparse
 import json
 import sys
 import time
-from datetime import datetime
 
 from google.protobuf import json_format
+
+from shared.timefmt import parse_iso
 
 TRANSPORTS = ["inproc", "grpc", "celery"]
 STATES = ["queued", "running", "succeeded", "failed", "cancelled"]
@@ -125,7 +126,7 @@ def _parse_time(value: str) -> float | None:
     if not value:
         return None
     try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        return parse_iso(value)
     except ValueError:
         return None
 

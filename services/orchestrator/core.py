@@ -19,7 +19,6 @@ import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
 
 import redis
 from google.protobuf import json_format
@@ -43,7 +42,7 @@ from shared.errors import (
     ResourceExhausted,
     require,
 )
-from shared.timefmt import iso_utc
+from shared.timefmt import iso_utc, parse_iso
 
 log = logging.getLogger(__name__)
 
@@ -342,7 +341,7 @@ class OrchestratorCore:
 
     def _deadline_left(self, job: opb.Job) -> float:
         _, _, deadline = self.check(job.request)
-        created = datetime.fromisoformat(job.created_at.replace("Z", "+00:00")).timestamp() if job.created_at \
+        created = parse_iso(job.created_at) if job.created_at \
             else time.time()
         return deadline - (time.time() - created)
 

@@ -16,8 +16,9 @@ import sys
 import textwrap
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
+
+from shared.timefmt import iso_utc
 
 EXTENSIONS = {
     ".txt": "text/plain", ".text": "text/plain", ".md": "text/markdown", ".markdown": "text/markdown",
@@ -123,7 +124,7 @@ def _document(pb, f: _File, extra: dict[str, str]):
     meta = {
         "filename": f.path.name,
         "extension": f.path.suffix.lower().lstrip("."),
-        "modified": datetime.fromtimestamp(f.path.stat().st_mtime, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "modified": iso_utc(f.path.stat().st_mtime, "seconds"),
         **extra,
     }
     return pb.Document(id=f.display, data=data, content_type=f.content_type, metadata=meta, source=f.display)

@@ -42,3 +42,18 @@ def test_require():
     errors.require(True, "x", "anything")
     with pytest.raises(errors.InvalidArgument, match=r"top_k: must be >= 0 \(got -2\)"):
         errors.require(False, "top_k", ">= 0", -2)
+
+
+def test_one_time_format_for_records_logs_and_metadata():
+    import json
+    import logging
+
+    from shared.logging import JsonFormatter
+    from shared.timefmt import iso_utc, parse_iso
+
+    assert iso_utc(0) == "1970-01-01T00:00:00.000Z" and iso_utc(1.5, "seconds") == "1970-01-01T00:00:01Z"
+    assert parse_iso("2026-12-01T21:15:22.123Z") == parse_iso("2026-12-01T21:15:22.123+00:00") == 1796159722.123
+    assert parse_iso("2026-12-01T21:15:22") == 1796159722.0  # no offset: UTC, not the machine's zone
+    record = logging.LogRecord("t", logging.INFO, __file__, 1, "hello", None, None)
+    record.created = 1.25
+    assert json.loads(JsonFormatter().format(record))["ts"] == iso_utc(1.25) == "1970-01-01T00:00:01.250Z"
