@@ -311,9 +311,6 @@ def run_example(example: Example, walk: _Walk) -> str:
 
 @pytest.mark.slow
 @pytest.mark.timeout(3000)  # the README ingests the docs and answers twice: minutes on 2 busy cores
-# The README walk failed on the fresh-clone run at the end of the session, on an example not yet
-# identified (issue 14 stays open for it): the walk runs and reports, but does not fail the suite.
-@pytest.mark.xfail(reason="doc-example walk not yet green from a fresh clone (issue 14)", strict=False)
 @pytest.mark.parametrize("doc", [str(p.relative_to(ROOT)) for p in doc_files()])
 def test_every_doc_example_runs_without_a_traceback(doc, doc_env, tmp_path):
     """One file's examples in order (a later one may use an earlier one's job id or collection)."""
