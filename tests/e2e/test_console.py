@@ -366,3 +366,23 @@ def test_with_authentication_on_the_console_asks_for_a_token_and_passes_it_on(gu
     _tab(driver, "generate")
     _fill(driver, {"prompt": "Say hi", "model": ANSWER_MODEL}, {"sampling": {"maxNewTokens": 4}})
     _wait(driver, lambda: "job.queued" in _event_types(driver), 60, "the job, submitted with the token")
+
+
+def test_a_retried_job_lists_its_retries(page):
+    """A two-token answer cannot pass the validator: the pipeline re-asks once with its feedback, and
+    the page lists the retry with that feedback next to the timeline, where both attempts show."""
+    from selenium.webdriver.common.by import By
+
+    driver, url, collection = page
+    driver.get(url)
+    _tab(driver, "ask")
+    _fill(driver, {"question": "When was the Eiffel Tower completed?", "collection": collection, "topK": 1,
+                   "maxRetries": 1, "models": ANSWER_MODEL}, {"sampling": {"maxNewTokens": 2}})
+    _wait(driver, lambda: {"job.succeeded", "job.failed"} & set(_event_types(driver)), 360, "the job's end")
+    assert "job.retry" in _event_types(driver)
+    retries = _wait(driver, lambda: [d.text for d in driver.find_elements(By.CSS_SELECTOR, "#retries div")
+                                     if d.text.startswith("retry 1 from")], 30, "the retry line")
+    assert len(retries[0]) > len("retry 1 from generate_answer: ")  # the validator's feedback is shown
+    names = [b.find_element(By.CSS_SELECTOR, ".mono").text for b in
+             driver.find_elements(By.CSS_SELECTOR, "#timeline .bar-row")]
+    assert "generate_answer #2" in names, names
