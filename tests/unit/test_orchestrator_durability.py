@@ -266,14 +266,17 @@ def test_a_step_that_is_not_safe_to_rerun_fails_the_resumed_job_with_a_reason(st
 
 def test_queued_jobs_are_handed_back_on_shutdown_and_run_by_the_next_orchestrator(store, pipelines_file):
     a = make_core(store, pipelines_file, max_concurrent_jobs=1)
-    first, _ = a.submit(request("busy"))
-    GATES[first.job_id] = threading.Event()  # set before the run reaches step two
+    first, _ = a.create(request("busy"))
+    GATES[first.job_id] = threading.Event()  # in place before the job can reach step two
+    a._enqueue(first)  # noqa: SLF001 - submit() is create() + _enqueue(); the gate goes in between
     queued = [a.submit(request(f"q{i}"))[0].job_id for i in range(3)]
-    time.sleep(0.1)
     closer = threading.Thread(target=a.close)
     closer.start()
-    time.sleep(0.2)
-    assert set(queued) <= set(store.orphans(1000))  # handed back while the running one drains
+    # handed back while the running one drains (polled: a loaded machine may take a moment)
+    deadline = time.monotonic() + 10
+    while not set(queued) <= set(store.orphans(1000)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert set(queued) <= set(store.orphans(1000))
     GATES[first.job_id].set()
     closer.join(5)
     b = make_core(store, pipelines_file)
