@@ -8,10 +8,12 @@ import time
 import urllib.request
 
 import pytest
+import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from genstack.validator.v1 import validator_pb2 as pb
 from shared.clients.validator import ValidatorClient
+from shared.config import Settings
 from tests.support import ServiceProcess
 
 pytestmark = pytest.mark.slow
@@ -41,12 +43,17 @@ def _value(samples, name, **labels) -> float:
 
 
 def test_a_server_and_a_worker_serve_their_metrics(redis_client):
-    env = {"GENSTACK_METRICS_PORT": "0", "GENSTACK_VALIDATOR_WARM_UP_MODELS": "false"}
+    # a Redis database of its own: the session's validator worker (contract tests) must not take the task
+    broker = redis_client.connection_pool.connection_kwargs
+    db = broker.get("db", 0)
+    url = f"redis://{broker['host']}:{broker['port']}/{db - 1 if db > 0 else 1}"
+    redis.Redis.from_url(url).delete("validator")
+    env = {"GENSTACK_METRICS_PORT": "0", "GENSTACK_VALIDATOR_WARM_UP_MODELS": "false", "GENSTACK_REDIS_URL": url}
     request = pb.ValidateRequest(artifact=pb.Artifact(text='{"a": 1}'), policy="json-output")
     with ServiceProcess("validator", "grpc", env=env) as server, ServiceProcess("validator", "worker", env=env) as w:
         with ValidatorClient("grpc", address=server.address) as client:
             assert client.validate(request, timeout=60).passed
-        with ValidatorClient("celery") as client:
+        with ValidatorClient("celery", settings=Settings(redis_url=url)) as client:
             assert client.validate(request, timeout=120).passed
         served, worked = _scrape(_metrics_port(server)), _scrape(_metrics_port(w))
 
