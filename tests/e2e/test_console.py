@@ -136,6 +136,12 @@ def _event_types(driver) -> list[str]:
     return driver.execute_script("return [...document.querySelectorAll('#events li')].map(li => li.dataset.type)")
 
 
+def _timeline(driver) -> list[str]:
+    """The step names on the timeline, read in one call (it is redrawn when the record is fetched)."""
+    return driver.execute_script("return [...document.querySelectorAll('#timeline .bar-row .mono')]"
+                                 ".map(e => e.textContent)")
+
+
 def _tab(driver, label: str) -> None:
     from selenium.webdriver.common.by import By
 
@@ -200,12 +206,13 @@ def test_ask_job_streams_its_answer_and_shows_cited_sources(page):
     answer = _wait(driver, lambda: driver.find_element(By.ID, "answer").text.strip(), 30, "the answer")
     assert len(answer) > 3
     # the sources come with the final record, fetched when the job's last event arrived
-    sources = _wait(driver, lambda: driver.find_elements(By.CSS_SELECTOR, "#sources li"), 30, "the sources")
+    # read in one script call: the list is redrawn whenever the record is fetched again
+    sources = _wait(driver, lambda: driver.execute_script(
+        "return [...document.querySelectorAll('#sources li .passage')].map(e => e.textContent)"), 30, "the sources")
     assert 1 <= len(sources) <= 2
-    passages = " ".join(s.find_element(By.CSS_SELECTOR, ".passage").text for s in sources)
+    passages = " ".join(sources)
     assert "1889" in passages  # the retrieved passage itself is shown
-    bars = driver.find_elements(By.CSS_SELECTOR, "#timeline .bar-row")
-    names = [b.find_element(By.CSS_SELECTOR, ".mono").text for b in bars]
+    names = _timeline(driver)
     assert names[0] == "retrieve" and names.index("build_context") < names.index("generate_answer"), names
     _wait(driver, lambda: driver.find_element(By.ID, "live").text.lower() == "ended", 20, "the stream's end")
     # the validator's verdict, check by check, with its evidence or feedback
@@ -384,6 +391,5 @@ def test_a_retried_job_lists_its_retries(page):
     retries = _wait(driver, lambda: [d.text for d in driver.find_elements(By.CSS_SELECTOR, "#retries div")
                                      if d.text.startswith("retry 1 from")], 30, "the retry line")
     assert len(retries[0]) > len("retry 1 from generate_answer: ")  # the validator's feedback is shown
-    names = [b.find_element(By.CSS_SELECTOR, ".mono").text for b in
-             driver.find_elements(By.CSS_SELECTOR, "#timeline .bar-row")]
-    assert "generate_answer #2" in names, names
+    # read in one script call: the timeline is redrawn whenever the record is fetched again
+    _wait(driver, lambda: "generate_answer #2" in _timeline(driver), 30, "both attempts on the timeline")
