@@ -35,6 +35,11 @@ MAX_CHOICE_CHARS = 1024
 FIELD = {JSON_SCHEMA: "response_format.json_schema", REGEX: "response_format.regex",
          CHOICES: "response_format.choices"}
 
+#: JSON layout unless the schema has "x-guidance" settings of its own: one line with ", " and ": " separators.
+#: llguidance otherwise allows any whitespace, and small models then spend a third of max_new_tokens on
+#: newlines and indentation (a pretty-printed answer to the benchmark's schema 10 ran out of its 96 tokens).
+COMPACT_JSON = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+
 _UNIMPLEMENTED = re.compile(r"Unimplemented keys: \[([^\]]*)\]")
 
 
@@ -82,7 +87,9 @@ class ResponseFormat:
         import llguidance
 
         if self.kind == JSON_SCHEMA:
-            return llguidance.LLMatcher.grammar_from_json_schema(self.value)
+            schema = json.loads(self.value)
+            own = isinstance(schema, dict) and isinstance(schema.get("x-guidance"), dict)
+            return llguidance.LLMatcher.grammar_from_json_schema(self.value, defaults=None if own else COMPACT_JSON)
         if self.kind == REGEX:
             return llguidance.LLMatcher.grammar_from_regex(self.value)
         # Lark string literals take JSON-style escapes, so json.dumps quotes any choice safely.

@@ -221,6 +221,10 @@ class GenstackVideoUNet(ModelMixin, ConfigMixin):
         extra = list(self.velocity.parameters()) if self.velocity is not None else []
         return [p for m in self.motion_modules for p in m.parameters()] + list(self.prompt_summary.parameters()) + extra
 
+    def predict_velocity(self, prompt: torch.Tensor) -> torch.Tensor:
+        """The prompt's steady velocity [B, 2] (pixels per frame, x right, y down) from its summary."""
+        return self.config.max_speed * torch.tanh(self.velocity(prompt))
+
     def forward(
         self,
         sample: torch.Tensor,
@@ -236,7 +240,7 @@ class GenstackVideoUNet(ModelMixin, ConfigMixin):
         prompt = self.prompt_summary(encoder_hidden_states.to(sample.dtype), encoder_attention_mask)
         context = {"batch": batch, "prompt": prompt, "height": height, "width": width}
         if self.velocity is not None:
-            context["velocity"] = self.config.max_speed * torch.tanh(self.velocity(prompt))
+            context["velocity"] = self.predict_velocity(prompt)
         for module in self.motion_modules:
             module.context = context
         for module in self._per_clip:

@@ -83,6 +83,50 @@ def quick_eval(pipe, n: int, steps: int = 15, guidance: float = 1.5, seed: int =
     return acc
 
 
+def velocity_targets(scenes_: list, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """([B, 2] the clips' mean velocity in pixels per frame, [B] 1 where the prompt names it, 0 for empty prompts)."""
+    from services.video import scenes
+
+    speed = sum(scenes.SPEED) / 2
+    target = torch.tensor([scenes.STEP[sc.direction] for sc in scenes_], dtype=torch.float32) * speed
+    return target, torch.tensor([1.0 if t else 0.0 for t in texts])
+
+
+def velocity_loss(unet, states, masks, target, named) -> torch.Tensor:
+    pred = unet.predict_velocity(unet.prompt_summary(states, masks))
+    return ((pred - target) ** 2).sum(-1).mul(named).sum() / named.sum().clamp(min=1)
+
+
+def pretrain_velocity(unet, pipe, train_scenes, rng, args) -> None:
+    """Teach the prompt summary and velocity head the direction a prompt names, on prompts alone (no clips):
+    a few hundred cheap steps, so that the motion modules' warp moves the right way from the first
+    diffusion step instead of waiting for the denoising loss to find the direction through the warp."""
+    from services.video import scenes
+
+    params = list(unet.prompt_summary.parameters()) + list(unet.velocity.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-2)
+    val = scenes.validation_prompts(48)
+    with torch.no_grad():
+        val_states, val_masks = pipe.encode_prompt([it.prompt for it in val], device="cpu")
+    for step in range(args.velocity_pretrain):
+        picked = [train_scenes[i] for i in rng.integers(len(train_scenes), size=64)]
+        texts = [scenes.sample_train_prompt(sc, rng) for sc in picked]
+        with torch.no_grad():
+            states, masks = pipe.encode_prompt(texts, device="cpu")
+        target, named = velocity_targets(picked, texts)
+        loss = velocity_loss(unet, states.float(), masks, target, named)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if (step + 1) % 100 == 0 or step + 1 == args.velocity_pretrain:
+            with torch.no_grad():
+                v = unet.predict_velocity(unet.prompt_summary(val_states.float(), val_masks))
+            want = torch.tensor([scenes.STEP[it.scene.direction] for it in val])
+            right = ((v * want).sum(-1) > (v.abs().max(-1).values * 0.5)).float().mean()
+            log.info("velocity pre-training step %d loss %.4f, validation direction %.3f", step + 1, loss.item(),
+                     right.item())
+
+
 def train(args) -> None:  # noqa: C901 - one loop, read top to bottom
     from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline
 
@@ -120,6 +164,8 @@ def train(args) -> None:  # noqa: C901 - one loop, read top to bottom
         for p in spatial:
             p.requires_grad_(True)
         groups.append({"params": spatial, "lr": args.spatial_lr, "base_lr": args.spatial_lr})
+    if args.velocity_pretrain and unet.velocity is not None and not args.resume:
+        pretrain_velocity(unet, pipe, scenes.split_scenes()[0], rng, args)
     trainable = [p for g in groups for p in g["params"]]
     log.info("trainable parameters: %d (motion %d)", sum(p.numel() for p in trainable),
              sum(p.numel() for p in motion))
@@ -218,6 +264,9 @@ def train(args) -> None:  # noqa: C901 - one loop, read top to bottom
             g["lr"] = g["base_lr"] * lr_scale(step)
         pred = unet(xt, t, encoder_hidden_states=states.float(), encoder_attention_mask=masks).sample
         loss = (F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3, 4)) * weights[t]).mean()
+        if args.velocity_weight and unet.velocity is not None:
+            vel_target, named = velocity_targets([train_scenes[i] for i in idx], texts)
+            loss = loss + args.velocity_weight * velocity_loss(unet, states.float(), masks, vel_target, named)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -264,6 +313,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--prompt-dim", type=int, default=128)
     p.add_argument("--warp", action=argparse.BooleanOptionalAction, default=True,
                    help="motion modules translate each frame's features by a velocity read from the prompt")
+    p.add_argument("--velocity-weight", type=float, default=1.0,
+                   help="weight of the auxiliary loss on the velocity head (the training clip's known motion)")
+    p.add_argument("--velocity-pretrain", type=int, default=400,
+                   help="prompt-only steps (64 prompts each) that train the velocity head before the clips")
     p.add_argument("--max-shared", type=float, default=0.8, help="largest share of frame-shared noise in training")
     p.add_argument("--p-uncond", type=float, default=0.1)
     p.add_argument("--save-dtype", default="float16", choices=["float16", "bfloat16", "float32"])

@@ -256,3 +256,27 @@ def test_embed_bad_input(ret, texts, field):
         ret.embed(rpb.EmbedRequest(texts=texts), timeout=60)
     assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert field in err.value.message, err.value.message
+
+
+# -- JSON layout -----------------------------------------------------------------------------------------
+
+
+def test_json_schema_output_is_compact_unless_the_schema_asks_for_free_whitespace(hf_tokenizer):
+    """Compact one-line JSON by default (small models otherwise spend their token budget on indentation);
+    a schema's own "x-guidance" settings win."""
+    from services.generator.constrained import JSON_SCHEMA, GrammarCache, ResponseFormat
+
+    cache = GrammarCache(hf_tokenizer, frozenset({hf_tokenizer.eos_token_id}), len(hf_tokenizer))
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "string"}},
+              "required": ["a", "b"], "additionalProperties": False}
+
+    def consumed(fmt_schema: dict, text: str) -> bool:
+        constraint, _, _ = cache.constraint(ResponseFormat(JSON_SCHEMA, json.dumps(fmt_schema)))
+        ids = hf_tokenizer.encode(text, add_special_tokens=False)
+        return constraint.matcher.try_consume_tokens(ids) == len(ids)
+
+    assert consumed(schema, '{"a": 1, "b": "x"}')
+    assert not consumed(schema, '{\n  "a": 1,\n  "b": "x"\n}')
+    assert not consumed(schema, '{"a":1,"b":"x"}')
+    flexible = dict(schema, **{"x-guidance": {"whitespace_flexible": True}})
+    assert consumed(flexible, '{\n  "a": 1,\n  "b": "x"\n}')
