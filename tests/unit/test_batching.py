@@ -142,6 +142,48 @@ def test_cancel_and_deadline_of_one_stream_leave_the_others_running(engine, load
     assert results[2][0] == alone
 
 
+def test_response_formats_hold_per_request_in_a_mixed_batch(engine, loaded):
+    """Constrained and free requests share batches: each constrained answer obeys its own format (a
+    schema, a regex, a choice), the free ones are what they are alone, and so are the constrained ones."""
+    import json
+    import re
+
+    import jsonschema
+
+    from services.generator.constrained import CHOICES, JSON_SCHEMA, REGEX, ResponseFormat
+    from services.generator.engine import CONSTRAINT_COMPLETE
+
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
+                                               "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+              "required": ["name", "age"], "additionalProperties": False}
+    formats = [ResponseFormat(JSON_SCHEMA, json.dumps(schema)), ResponseFormat(REGEX, r"[0-9]{3}-[0-9]{4}"),
+               ResponseFormat(CHOICES, ("red", "green", "blue")), None]
+
+    def run(pairs):
+        ers = []
+        for prompt, fmt in pairs:
+            constraint = engine.grammars.constraint(fmt)[0] if fmt is not None else None
+            ids = loaded.tokenizer(prompt)["input_ids"]
+            ers.append(engine.submit(EngineRequest(ids, cfg(max_new_tokens=40, temperature=0.8, seed=3),
+                                                   lambda: False, constraint=constraint)))
+        return [collect(er) for er in ers]
+
+    pairs = [(p, formats[i % 4]) for i, p in enumerate(PROMPTS)]
+    alone = [run([pair])[0] for pair in pairs]
+    together = run(pairs)
+    for (prompt, fmt), (a, fa, _), (b, fb, _) in zip(pairs, alone, together, strict=True):
+        assert a == b, prompt
+        if fmt is None:
+            continue
+        assert fb.constraint == CONSTRAINT_COMPLETE, (prompt, b)
+        if fmt.kind == JSON_SCHEMA:
+            jsonschema.validate(json.loads(b), schema)
+        elif fmt.kind == REGEX:
+            assert re.fullmatch(fmt.value, b), b
+        else:
+            assert b in fmt.value
+
+
 def test_burst_beyond_the_queue_gets_resource_exhausted_naming_the_limit(loaded):
     e = BatchingEngine(loaded, BatchLimits(max_batch_size=2, max_queue=3, prefill_chunk=16))
     try:
