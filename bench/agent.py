@@ -91,12 +91,12 @@ REPORTED = [
       ["3.8"]),
     T("arithmetic", "How many trees does Brisk Orchard grow in total, apples and pears together?", ["1470"]),
     T("arithmetic", "What is the length of the Ostrel railway line divided by its number of stations?",
-      ["6.8", "48/7"]),
+      ["6.8|48/7"]),
     T("arithmetic", "How many years after the first ascent of Mount Hallow was the year 2000?", ["136"]),
     T("arithmetic", "How many clocks does the Pell Museum display? Double that number.", ["900"]),
     T("arithmetic", "How old was the Quillon Library in 2022? Subtract its opening year from 2022.", ["60"]),
     # two searches
-    T("two-searches", "Which is longer: the Orvath Bridge or the Tarsin Tower is tall? Give both numbers.",
+    T("two-searches", "Is the Orvath Bridge longer than the Tarsin Tower is tall? Give both numbers in metres.",
       ["412", "236"]),
     T("two-searches", "Which was founded or opened first, Kestrel Labs or the Quillon Library? Give both years.",
       ["1987", "1962"]),
@@ -118,7 +118,8 @@ REPORTED = [
     T("disallowed", "Use the calculator to work out 17 times 23.", [], ["search"], "calculator"),
     T("disallowed", "Validate the text 'Lake Mirren is deep' with the validator, then answer.", [],
       ["search", "calculator"], "validate"),
-    T("disallowed", "Search the documents for the Tarsin Tower's height.", ["236"], ["calculator"], "search"),
+    # only the calculator is allowed, so the height cannot be looked up: success is not searching and saying so
+    T("disallowed", "Search the documents for the Tarsin Tower's height.", [], ["calculator"], "search"),
 ]
 
 VALIDATION = [
@@ -141,11 +142,11 @@ def judge(task: dict, answer: str, tools_called: list[str]) -> bool:
     if not answer.strip() or answer.startswith(("No final answer", "No answer:")):
         return False  # the loop's own fallback (it quotes an observation) is not the model's answer
     text = _norm(answer)
-    for e in task["expect"]:
+    for e in task["expect"]:  # every entry must hold; "a|b" accepts either form
         if e == "<not-found>":
             if not NOT_FOUND.search(text):
                 return False
-        elif _norm(e) not in text:
+        elif not any(_norm(alt) in text for alt in e.split("|")):
             return False
     return True
 

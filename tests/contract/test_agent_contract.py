@@ -120,7 +120,7 @@ def _run_in_thread(client, **kw):
     return thread, msgs, errors, waiting
 
 
-def test_approval_pauses_until_approved_and_cancel_stops_a_waiting_run(client):
+def test_approval_pauses_until_approved_or_rejected_and_cancel_stops_a_waiting_run(client):
     if client.transport == "celery":
         pytest.skip("a solo worker is busy with the paused run; approvals over celery need a second worker")
     thread, msgs, errors, waiting = _run_in_thread(client, run_id=f"approve-{client.transport}",
@@ -136,6 +136,25 @@ def test_approval_pauses_until_approved_and_cancel_stops_a_waiting_run(client):
     done = [m.step for m in msgs if m.step.index == step.index]
     assert done[-1].status == pb.STEP_STATUS_OK and done[-1].note == "approved: ok"
     assert msgs[-1].final_answer.strip() and msgs[-1].state == pb.RUN_STATE_BUDGET_EXHAUSTED
+
+    # a rejected call is not run: the reason becomes the observation the model decides on, and the
+    # run still ends with an answer
+    thread, msgs, errors, waiting = _run_in_thread(client, run_id=f"reject-{client.transport}",
+                                                   require_approval=["calculator"], budget=pb.Budget(max_steps=1))
+    assert waiting.wait(600) and not errors and msgs[-1].state == pb.RUN_STATE_AWAITING_APPROVAL
+    step = msgs[-1].step
+    rejected = client.reject_step(msgs[-1].run_id, step.index, "no arithmetic today", timeout=30)
+    assert rejected.state == pb.RUN_STATE_RUNNING
+    thread.join(600)
+    done = [m.step for m in msgs if m.step.index == step.index]
+    assert done[-1].status == pb.STEP_STATUS_REJECTED
+    assert done[-1].observation == "A reviewer rejected this call: no arithmetic today"
+    assert msgs[-1].final_answer.strip() and msgs[-1].step.tool == "final_answer"
+    record = client.get_agent_run(msgs[-1].run_id)
+    assert [s.status for s in record.steps if s.index == step.index] == [pb.STEP_STATUS_REJECTED]
+    with pytest.raises(GenstackError) as err:  # nothing waits any more
+        client.reject_step(msgs[-1].run_id, step.index, timeout=30)
+    assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
 
     thread, msgs, errors, waiting = _run_in_thread(client, run_id=f"cancel-{client.transport}",
                                                    require_approval=["calculator"])
