@@ -61,3 +61,45 @@ def test_bad_video_parameters_fail_the_job_naming_the_field(core):
     record = core.run(job)
     assert record.state == pb.JOB_STATE_FAILED and record.error_code == "INVALID_ARGUMENT"
     assert "num_frames" in record.error
+
+
+def test_a_failed_verdict_retries_once_with_the_next_seed(tmp_path):
+    """The retry branch, forced: a user policy no clip can pass (consecutive frames identical) on a real
+    validator served over gRPC, and a user pipeline that validates with it."""
+    from services.validator.core import ValidatorCore
+    from services.validator.grpc_api import ValidatorApi
+    from services.validator.settings import ValidatorSettings
+    from shared.clients.validator import ValidatorClient
+    from shared.grpc_server import Server
+
+    policies = tmp_path / "policies.json"
+    policies.write_text(json.dumps({"policies": {"video-identical-frames": {
+        "extends": "video-default", "checks": [{"name": "video_coherence", "params": {"min_mean_ssim": 1.0}}]}}}))
+    pipelines = tmp_path / "pipelines.json"
+    pipelines.write_text(json.dumps({"video-strict": {
+        "kind": "video", "steps": [{"name": "generate_video"},
+                                   {"name": "validate_video", "params": {"policy": "video-identical-frames"}}],
+        "retry": {"on": "validate_video", "restart_at": "generate_video", "max_retries": 1}}}))
+    server = Server(ValidatorApi(ValidatorCore(ValidatorSettings(policies_file=policies, warm_up_models=False))), 0,
+                    host="127.0.0.1").start(warm_up_in_background=False)
+    validator = ValidatorClient("grpc", address=f"127.0.0.1:{server.port}")
+    orchestrator = OrchestratorCore(OrchestratorSettings(store="memory", pipelines_file=str(pipelines)),
+                                    Settings(transport="inproc"))
+    real_client = orchestrator.client
+    orchestrator.client = lambda service, transport: validator if service == "validator" else real_client(
+        service, transport)
+    try:
+        job, _ = orchestrator.create(pb.SubmitJobRequest(pipeline="video-strict", video=vpb.GenerateVideoRequest(
+            prompt="a green square moving up on a white background", steps=2, seed=11, num_frames=8)))
+        record = orchestrator.run(job)
+    finally:
+        orchestrator.close()
+        server.stop(grace=0)
+    assert record.state == pb.JOB_STATE_FAILED and record.error.startswith("validation failed")
+    attempts = [s for s in record.steps if s.name == "generate_video"]
+    assert [json.loads(s.input_json)["seed"] for s in attempts] == ["11", "12"]
+    assert [s.name for s in record.steps] == ["generate_video", "validate_video"] * 2
+    assert record.video.attempts == 2 and record.video.metadata.seed == 12
+    verdict = record.video.verdict
+    assert not verdict.passed and verdict.policy == "video-identical-frames" and "SSIM" in verdict.feedback
+    assert [r.passed for r in verdict.results if r.name == "video_coherence"] == [False]
