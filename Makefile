@@ -81,10 +81,10 @@ clean:
 
 # Retrain the default video model into models/video, niced so that it takes idle CPU only: motion
 # modules on top of the shipped image UNet (models/image, frozen), trained on 8-frame windows of the
-# procedural 16-frame clips; the best checkpoint on the validation prompts is written (see
-# models/video/README.md, Training).
+# procedural 16-frame clips after a prompt-only warm-up of the velocity head; the best checkpoint on
+# the validation prompts is written (see models/video/README.md, Training).
 .PHONY: train-video
 train-video: protos
 	nice -n 10 $(BIN)/python -m services.video.train --out models/video --init-from models/image \
-		--state .cache/video-train/state.pt --steps 3000 --max-minutes 90 --batch 4 --frames 8 --lr 2e-3 \
-		--eval-minutes 20 --eval-prompts 12 --eval-steps 8
+		--state .cache/video-train/state.pt --steps 4000 --max-minutes 80 --batch 4 --frames 8 --lr 2e-3 \
+		--velocity-pretrain 300 --eval-minutes 10 --eval-prompts 16 --eval-steps 8
