@@ -18,7 +18,7 @@ from shared import metrics
 from shared.config import Settings, get_settings
 from shared.errors import InvalidArgument, ResourceExhausted, Unavailable, require
 from shared.progress import report
-from shared.runtime import configure_torch
+from shared.runtime import configure_torch, resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +158,8 @@ class GeneratorCore:
         configure_torch()
 
         canonical, source = registry.resolve(name, self.base.model_cache_dir, self.settings.allow_any_model)
-        dtype = getattr(torch, self.settings.dtype, None)
-        require(isinstance(dtype, torch.dtype), "GENSTACK_GENERATOR_DTYPE", "bfloat16, float16 or float32")
+        dtype = getattr(torch, resolve_dtype(self.settings.dtype, self.settings.device), None)
+        require(isinstance(dtype, torch.dtype), "GENSTACK_GENERATOR_DTYPE", "auto, bfloat16, float16 or float32")
         log.info("loading model", extra={"fields": {"model": canonical, "source": str(source)}})
         report(f"loading model {canonical} …", model=canonical)
         load_started = time.perf_counter()

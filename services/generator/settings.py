@@ -13,7 +13,11 @@ class GeneratorSettings(ServiceSettings):
 
     default_model: str = Field("qwen2.5-0.5b", description="Model used when a request names none")
     preload: list[str] = Field(default_factory=list, description="Models loaded at warm-up (default: default_model)")
-    dtype: str = Field("bfloat16", description="torch dtype for weights: bfloat16, float16 or float32")
+    dtype: str = Field(
+        "auto",
+        description="torch dtype for weights: auto, bfloat16, float16 or float32 (auto: float32 on CPUs without native "
+        "bfloat16 arithmetic, where bfloat16 prefill runs several times slower; bfloat16 elsewhere)",
+    )
     device: str = Field("cpu", description="torch device, e.g. cpu or cuda")
     max_new_tokens_cap: int = Field(2048, description="Upper bound a request may ask for")
     default_max_new_tokens: int = Field(256, description="max_new_tokens when a request sets none")

@@ -40,3 +40,21 @@ def test_up_gives_each_process_its_share(monkeypatch, capsys):
     model_processes = sum(1 for label, _ in stack.plan(None) if not label.startswith("orchestrator"))
     assert model_processes == 12
     assert f"(GENSTACK_TORCH_THREADS={default_threads(model_processes)} for each process)" in capsys.readouterr().out
+
+
+def test_auto_dtype_is_float32_on_cpus_without_native_bf16(monkeypatch):
+    from shared import runtime
+
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    assert runtime.resolve_dtype("auto", "cpu") == "float32"
+    assert runtime.resolve_dtype("auto", "cuda:0") == "bfloat16"
+    assert runtime.resolve_dtype("bfloat16", "cpu") == "bfloat16"  # an explicit choice stays
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    assert runtime.resolve_dtype("auto", "cpu") == "bfloat16"
+
+
+def test_native_bf16_is_read_from_the_cpu_flags():
+    from shared import runtime
+
+    flags = open("/proc/cpuinfo").read()
+    assert runtime.cpu_has_native_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
