@@ -33,6 +33,10 @@ class AgentSettings(ServiceSettings):
         120.0, description="Seconds the forced final answer may take beyond an exhausted time budget")
     answer_max_chars: int = Field(600, description="Longest final answer (the final_answer schema's maxLength)")
     search_top_k: int = Field(2, description="Passages the search tool returns when the model sets no top_k")
+    search_min_relative_score: float = Field(
+        0.5, ge=0.0, le=1.0,
+        description="Search hits scoring under this share of the best hit's score are left out of the observation: "
+        "a small model tends to answer from the last passage it read, relevant or not (0: keep all)")
     observation_chars: int = Field(1200, description="Longest tool observation shown to the model (longer is cut)")
     hit_chars: int = Field(400, description="Longest passage text per search hit shown to the model")
     injection_check: bool = Field(True, description="Screen tool and document text with the validator's injection "

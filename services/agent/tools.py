@@ -114,8 +114,10 @@ def _search(args: dict, ctx: ToolContext) -> str:
     response = ctx.client("retriever").search(request, timeout=ctx.timeout)
     if not response.hits:
         return "No passages found."
+    floor = response.hits[0].score * ctx.settings.search_min_relative_score
+    hits = [h for h in response.hits if h.score >= floor] or list(response.hits[:1])
     lines = []
-    for i, hit in enumerate(response.hits, 1):
+    for i, hit in enumerate(hits, 1):
         lines.append(f"[{i}] {_clip(hit.text, ctx.settings.hit_chars)}")
     return "\n".join(lines)
 

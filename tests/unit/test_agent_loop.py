@@ -392,3 +392,17 @@ def test_user_tools_from_a_file(tmp_path):
     assert _fill({"query": "{q}", "top_k": "{k}", "note": "about {q}"}, {"q": "bridges", "k": 3}) == \
         {"query": "bridges", "top_k": 3, "note": "about bridges"}
     assert _fill({"query": "{q}", "top_k": "{k}"}, {"q": "x"}) == {"query": "x"}
+
+
+def test_search_leaves_out_hits_far_below_the_best():
+    """A 0.5B model answers from the last passage it read: weak hits are not shown to it."""
+    from types import SimpleNamespace
+
+    from services.agent.tools import _search
+
+    hits = [SimpleNamespace(text=f"passage {n}", score=s) for n, s in ((1, 0.9), (2, 0.5), (3, 0.2))]
+    retriever = SimpleNamespace(search=lambda request, timeout: SimpleNamespace(hits=hits))
+    ctx = ToolContext(lambda service: retriever, "c", AgentSettings(), 5.0)
+    assert _search({"query": "q"}, ctx) == "[1] passage 1\n[2] passage 2"
+    ctx = ToolContext(lambda service: retriever, "c", AgentSettings(search_min_relative_score=0), 5.0)
+    assert _search({"query": "q"}, ctx).count("passage") == 3
