@@ -79,3 +79,23 @@ def test_first_run_path(env, tmp_path):
     # 5. generate ends its text with a newline
     r = genstack("generate", "Say hi.", "--max-new-tokens", "4", "--temperature", "0", env=env)
     assert r.returncode == 0 and r.stdout.endswith("\n") and "tok/s" in r.stderr
+
+
+def test_generate_with_a_response_format(env, tmp_path):
+    """`genstack generate --json-schema / --regex / --choice`, embedded: the output obeys the format,
+    and a format the engine refuses is one sentence naming the field, exit 2 and no traceback."""
+    schema = tmp_path / "person.json"
+    schema.write_text(json.dumps({"type": "object", "properties": {"name": {"type": "string", "maxLength": 20},
+                                                                   "age": {"type": "integer", "minimum": 0}},
+                                  "required": ["name", "age"], "additionalProperties": False}))
+    common = ("--model", "smollm2-135m", "--temperature", "0", "--max-new-tokens", "48")
+    r = genstack("generate", "Describe a person as JSON.", "--json-schema", str(schema), *common, env=env)
+    assert r.returncode == 0, r.stderr
+    person = json.loads(r.stdout.strip())
+    assert set(person) == {"name", "age"} and isinstance(person["age"], int)
+    r = genstack("generate", "A product code:", "--regex", "[A-Z]{3}-[0-9]{4}", *common, env=env)
+    assert r.returncode == 0 and len(r.stdout.strip()) == 8 and r.stdout.strip()[3] == "-", r.stdout
+    r = genstack("generate", "Is the sky green?", "--choice", "yes", "--choice", "no", *common, env=env)
+    assert r.returncode == 0 and r.stdout.strip() in ("yes", "no"), r.stdout
+    r = genstack("generate", "Anything", "--regex", "([a-z]", *common, env=env)
+    assert r.returncode == 2 and "response_format.regex" in r.stderr and r.stdout == "", r.stderr
