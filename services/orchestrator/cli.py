@@ -161,7 +161,7 @@ def run_answer(client, request, out=sys.stdout, err=sys.stderr) -> object:
     attempt = 0
     write = out.write if out is not None else (lambda _s: None)
     flush = out.flush if out is not None else (lambda: None)
-    streaming = False
+    mid_line = False  # the answer stream left the cursor mid-line: end it before a progress line
     for e in follow(client, submitted.job_id):
         data = json.loads(e.data_json or "{}")
         if e.type == "generate.delta":
@@ -169,8 +169,8 @@ def run_answer(client, request, out=sys.stdout, err=sys.stderr) -> object:
                 attempt = data.get("attempt", 1)
                 if attempt > 1:
                     write(f"\n\n[retry {attempt - 1}: the validator rejected the answer]\n")
-            streaming = True
             write(data["delta"])
+            mid_line = True
             flush()
         elif e.type == "answer.cited":
             for a in data.get("added", []):
@@ -179,8 +179,13 @@ def run_answer(client, request, out=sys.stdout, err=sys.stderr) -> object:
                 write(f"\n  [{a['source']}] added after: \"{short}\"")
             if data.get("added"):
                 write("\n(the markers above were added where a single source supports the sentence)")
+            mid_line = mid_line or bool(data.get("added"))
             flush()
-        elif e.type == "step.started":
+        elif mid_line and e.type in ("step.started", "step.finished", "step.failed"):
+            write("\n")  # progress goes to stderr; where both streams share a terminal or file, keep lines whole
+            flush()
+            mid_line = False
+        if e.type == "step.started":
             progress.report(f"step {e.step} …", step=e.step, job_id=submitted.job_id)
         elif e.type == "step.finished" and data.get("duration_ms", 0) >= 500:
             progress.report(f"step {e.step}: done in {data['duration_ms'] / 1000:.1f} s", step=e.step,
@@ -198,7 +203,7 @@ def run_answer(client, request, out=sys.stdout, err=sys.stderr) -> object:
         (err or sys.stderr).write(f"{_ingest_hint(collection)}\n")
         write(f"(job {job.job_id} failed: {job.error})\n")
         return job
-    if streaming:
+    if mid_line:
         write("\n")
     if a.citations:
         write("\nSources (* = cited in the answer):\n")
