@@ -162,6 +162,7 @@ def run_answer(client, request, out=sys.stdout, err=sys.stderr) -> object:
     write = out.write if out is not None else (lambda _s: None)
     flush = out.flush if out is not None else (lambda: None)
     mid_line = False  # the answer stream left the cursor mid-line: end it before a progress line
+    failed: list[tuple[str, str]] = []  # step failures not printed yet
     for e in follow(client, submitted.job_id):
         data = json.loads(e.data_json or "{}")
         if e.type == "generate.delta":
@@ -186,6 +187,9 @@ def run_answer(client, request, out=sys.stdout, err=sys.stderr) -> object:
             flush()
             mid_line = False
         if e.type == "step.started":
+            for name, error in failed:  # the job goes on after a failed step: say what failed now
+                (err or sys.stderr).write(f"[{name} failed: {error}]\n")
+            failed.clear()
             progress.report(f"step {e.step} …", step=e.step, job_id=submitted.job_id)
         elif e.type == "step.finished" and data.get("duration_ms", 0) >= 500:
             progress.report(f"step {e.step}: done in {data['duration_ms'] / 1000:.1f} s", step=e.step,
@@ -193,8 +197,11 @@ def run_answer(client, request, out=sys.stdout, err=sys.stderr) -> object:
         elif e.type == "step.failed":
             error = data.get("error", "")
             if not _missing_collection(error):
-                (err or sys.stderr).write(f"[{e.step} failed: {error}]\n")
+                failed.append((e.step, error))
     job = client.get_job(submitted.job_id)
+    for name, error in failed:  # the job's own error is printed once, below
+        if error != job.error:
+            (err or sys.stderr).write(f"[{name} failed: {error}]\n")
     if out is None:
         return job
     a = job.answer

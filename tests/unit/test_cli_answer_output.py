@@ -77,3 +77,22 @@ def test_json_held_in_strings_is_decoded_for_jobs_get():
     assert doc["steps"][0]["input"] == {"query": "q?"}
     assert "inputJson" not in doc["steps"][0]
     assert json_format.MessageToDict(job)["steps"][0]["inputJson"] == '{"query": "q?"}'  # the proto form is kept
+
+
+def test_a_step_failure_is_said_once_and_in_order():
+    """A step that fails and ends the job with the same error: one line (the job's), not two; a step that
+    fails and the job goes on (a retry): its line comes before the next step's progress."""
+    deadline = "the job's deadline passed"
+    job = _answer_job(state=pb.JOB_STATE_FAILED, error=deadline, answer=pb.AnswerResult(attempts=1))
+    events = [("step.started", "retrieve", {}), ("step.failed", "retrieve", {"error": deadline}),
+              ("job.failed", "", {"error": deadline})]
+    out, err = io.StringIO(), io.StringIO()
+    run_answer(FakeClient(events, job), pb.SubmitJobRequest(answer=pb.AnswerInput(question="q?")), out=out, err=err)
+    assert err.getvalue().count(deadline) == 1, err.getvalue()
+
+    job = _answer_job(answer=pb.AnswerResult(answer="ok", attempts=2))
+    events = [("step.started", "generate_answer", {}), ("step.failed", "generate_answer", {"error": "generator busy"}),
+              ("step.started", "generate_answer", {}), ("job.succeeded", "", {})]
+    out, err = io.StringIO(), io.StringIO()
+    run_answer(FakeClient(events, job), pb.SubmitJobRequest(answer=pb.AnswerInput(question="q?")), out=out, err=err)
+    assert err.getvalue() == "[generate_answer failed: generator busy]\n"
