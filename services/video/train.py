@@ -8,7 +8,10 @@ kept frozen by default; the trainer learns only the motion modules of services.v
 the prompt summary they read the direction from). Clips come from services.video.scenes (16
 frames of 32x32, one shape moving steadily), prompts from its grammar, encoded by MiniLM layers
 2, 4 and 6 as for the image model; 10 % empty prompts for classifier-free guidance; v-prediction
-with min-SNR weighting and the image model's cosine schedule. Half the clips are noised with noise
+on the image model's cosine schedule (uniform weights by default, --snr-gamma for min-SNR). The
+velocity head, which the motion modules' warp reads the direction from, is supervised directly:
+first on prompts alone (--velocity-pretrain), then by an auxiliary loss towards each clip's known
+velocity (--velocity-weight); through the denoising loss alone it learnt nothing in 165 steps. Half the clips are noised with noise
 partly shared across frames (a random share up to --max-shared), so that the service's coherence
 technique (shared noise at sampling time) stays in distribution while plain noise does too.
 
