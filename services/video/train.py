@@ -11,9 +11,10 @@ frames of 32x32, one shape moving steadily), prompts from its grammar, encoded b
 on the image model's cosine schedule (uniform weights by default, --snr-gamma for min-SNR). The
 velocity head, which the motion modules' warp reads the direction from, is supervised directly:
 first on prompts alone (--velocity-pretrain), then by an auxiliary loss towards each clip's known
-velocity (--velocity-weight); through the denoising loss alone it learnt nothing in 165 steps. Half the clips are noised with noise
-partly shared across frames (a random share up to --max-shared), so that the service's coherence
-technique (shared noise at sampling time) stays in distribution while plain noise does too.
+velocity (--velocity-weight); through the denoising loss alone it learnt nothing in 165 steps.
+Half the clips are noised with noise partly shared across frames (a random share up to
+--max-shared), so that the service's coherence technique (shared noise at sampling time) stays in
+distribution while plain noise does too.
 
 Checkpoints: the EMA weights are scored every --eval-minutes on validation prompts (held-out
 scenes in VALIDATION_TEMPLATES, never the benchmark's); --out receives the best-scoring one, and
