@@ -7,6 +7,7 @@ and the transports convert protobuf to and from it (grpc_api.py). Models load la
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import logging
 import threading
@@ -33,7 +34,7 @@ from services.validator.policies import PolicyRegistry, merge_checks
 from services.validator.settings import ValidatorSettings, get_validator_settings
 from shared import metrics, tracing
 from shared.config import get_settings
-from shared.errors import InvalidArgument, NotFound, ResourceExhausted
+from shared.errors import DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +213,7 @@ class ValidatorCore:
             if check_alive is not None:
                 check_alive()
             t0 = time.perf_counter()
-            outcome = item.definition.fn(item.params, subject)
+            outcome = self._run_check(item, subject, check_alive)
             results.append(
                 CheckResult(
                     name=item.spec.key,
@@ -240,6 +241,38 @@ class ValidatorCore:
                               "duration_ms": round(verdict.duration_ms, 1)}},
         )
         return verdict
+
+    def _run_check(self, item, subject: Subject, check_alive: Callable[[], None] | None):
+        """One check under its time budget and the caller's deadline. The check runs on its own
+        thread so that the request ends at either limit with a clear status even while the check is
+        inside a library call that never looks at the clock (a model, a decoder); a check cut off
+        this way finishes in the background and its result is dropped."""
+        box: dict = {}
+        context = contextvars.copy_context()  # checks read per-request limits from context variables
+
+        def work():
+            try:
+                box["outcome"] = context.run(item.definition.fn, item.params, subject)
+            except BaseException as exc:  # noqa: BLE001 - re-raised on the request's thread
+                box["error"] = exc
+
+        worker = threading.Thread(target=work, name=f"check-{item.definition.name}", daemon=True)
+        worker.start()
+        budget = self.settings.check_budget_s
+        deadline = time.monotonic() + budget
+        while True:
+            worker.join(min(0.05, max(0.0, deadline - time.monotonic())))
+            if not worker.is_alive():
+                break
+            if check_alive is not None:
+                check_alive()
+            if time.monotonic() >= deadline:
+                raise DeadlineExceeded(f"check {item.spec.key!r} ran past its time budget of {budget:g} s; send a "
+                                       "smaller artifact or fewer sources, or ask the operator to raise "
+                                       "GENSTACK_VALIDATOR_CHECK_BUDGET_S")
+        if "error" in box:
+            raise box["error"]
+        return box["outcome"]
 
     # -- artifacts by reference -----------------------------------------------------------------
 

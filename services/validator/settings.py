@@ -46,6 +46,10 @@ class ValidatorSettings(ServiceSettings):
         512 * 1024 * 1024, description="Most bytes of decoded RGB frames held for one video; more: RESOURCE_EXHAUSTED"
     )
     video_decode_timeout_s: float = Field(60.0, description="Time ffmpeg may take to decode one video")
+    check_budget_s: float = Field(
+        120.0, gt=0, description="Time one check may take on one request; past it the request ends "
+        "DEADLINE_EXCEEDED naming the check (the caller's own deadline ends it sooner)",
+    )
     artifact_root: Path | None = Field(
         None,
         description="Folder that Artifact.ref file:// URIs must lie in; defaults to the data dir "

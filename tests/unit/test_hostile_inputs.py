@@ -160,3 +160,60 @@ def test_validate_over_the_api_maps_every_one_of_these_to_its_status(validator):
     request.checks[0].params.update({"max_repeated_share": float("nan")})
     with pytest.raises(InvalidArgument):
         api.Validate(request, CallContext.with_timeout(10))
+
+
+@pytest.fixture()
+def stuck_check():
+    """A check that never looks at the clock (like a model call on a huge input): it blocks until released."""
+    from services.validator.checks.base import CHECKS, CheckOutcome, Params, check
+
+    release = threading.Event()
+
+    @check("test_stuck", kinds=("text",), params=Params, description="blocks until released")
+    def _stuck(p, s):
+        release.wait(30)
+        return CheckOutcome(True, 1.0, "released")
+
+    yield release
+    release.set()
+    CHECKS.pop("test_stuck", None)
+
+
+def test_a_check_that_never_returns_ends_at_its_time_budget_naming_it(tmp_path, stuck_check):
+    core = ValidatorCore(ValidatorSettings(warm_up_models=False, artifact_root=tmp_path, check_budget_s=0.4))
+    t0 = time.monotonic()
+    with pytest.raises(DeadlineExceeded) as err:
+        core.validate(Artifact.of_text("x"), checks=[CheckSpec("length", {"max_chars": 5}), CheckSpec("test_stuck")])
+    assert 0.35 < time.monotonic() - t0 < 2
+    assert "'test_stuck'" in err.value.message and "0.4 s" in err.value.message
+    # the same core answers the next request at once, with the stuck check still running behind it
+    assert core.validate(Artifact.of_text("x"), checks=[CheckSpec("length", {"max_chars": 5})]).passed
+
+
+def test_a_check_that_never_returns_ends_at_the_callers_deadline(tmp_path, stuck_check):
+    core = ValidatorCore(ValidatorSettings(warm_up_models=False, artifact_root=tmp_path))  # budget 120 s
+    deadline = time.monotonic() + 0.5
+
+    def alive():
+        if time.monotonic() > deadline:
+            raise DeadlineExceeded("the call's deadline passed")
+
+    t0 = time.monotonic()
+    with pytest.raises(DeadlineExceeded, match="deadline passed"):
+        core.validate(Artifact.of_text("x"), checks=[CheckSpec("test_stuck")], check_alive=alive)
+    assert time.monotonic() - t0 < 2
+
+
+def test_a_check_that_raises_still_reports_its_own_error(tmp_path):
+    from services.validator.checks.base import CHECKS, Params, check
+
+    @check("test_raises", kinds=("text",), params=Params, description="raises")
+    def _raises(p, s):
+        raise InvalidArgument("checks.params.x: must be given", field="checks.params.x")
+
+    try:
+        core = ValidatorCore(ValidatorSettings(warm_up_models=False, artifact_root=tmp_path))
+        with pytest.raises(InvalidArgument, match="must be given"):
+            core.validate(Artifact.of_text("x"), checks=[CheckSpec("test_raises")])
+    finally:
+        CHECKS.pop("test_raises", None)
