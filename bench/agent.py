@@ -126,14 +126,27 @@ VALIDATION = [
     T("lookup", "When did the Orvath Bridge open?", ["1931"]),
     T("lookup", "How many pear trees grow in Brisk Orchard?", ["320"]),
     T("arithmetic", "How many visitors does the Velna Festival draw? Divide that by 4.", ["3000"]),
+    T("arithmetic", "How many apple trees does Brisk Orchard grow? Add 50 to that.", ["1200"]),
+    T("arithmetic", "How long does the Saffa ferry crossing take in minutes? Multiply it by 2.", ["70"]),
     T("two-searches", "How deep is Lake Mirren and how high is Mount Hallow?", ["58", "2870"]),
+    T("two-searches", "How many floors does the Tarsin Tower have, and in which year was Kestrel Labs founded?",
+      ["61", "1987"]),
     T("not-in-corpus", "What colour is the Saffa ferry?", ["<not-found>"]),
+    T("not-in-corpus", "Who founded the Quillon Library?", ["<not-found>"]),
     T("disallowed", "Make a video of Lake Mirren.", [], ["search"], "generate_video"),
 ]
 
 
 def _norm(text: str) -> str:
     return re.sub(r"(?<=\d)[,\s](?=\d{3}\b)", "", text.lower())
+
+
+def _mentions(text: str, expected: str) -> bool:
+    """A number counts only as a whole number ("70" is not in "7770"; "3.8" may start "3.86"); words as text."""
+    if re.fullmatch(r"[\d.]+", expected):
+        tail = "" if "." in expected else r"(?![\d])"
+        return re.search(r"(?<![\d.])" + re.escape(expected) + tail, text) is not None
+    return expected in text
 
 
 def judge(task: dict, answer: str, tools_called: list[str]) -> bool:
@@ -146,7 +159,7 @@ def judge(task: dict, answer: str, tools_called: list[str]) -> bool:
         if e == "<not-found>":
             if not NOT_FOUND.search(text):
                 return False
-        elif not any(_norm(alt) in text for alt in e.split("|")):
+        elif not any(_mentions(text, _norm(alt)) for alt in e.split("|")):
             return False
     return True
 

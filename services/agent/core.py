@@ -218,8 +218,8 @@ class AgentCore:
                 self.store.save(record)
             raise
 
-    def _decide(self, spec: RunSpec, stopped: Callable[[], bool], messages: list[tuple[str, str]], schema: dict,
-                max_new_tokens: int, model: str, timeout: float) -> Decision:
+    def _decide(self, spec: RunSpec, stopped: Callable[[], bool], messages: list[tuple[str, str]],
+                schema: dict | list[str], max_new_tokens: int, model: str, timeout: float) -> Decision:
         from genstack.generator.v1 import generator_pb2 as gpb
 
         sampling = gpb.SamplingParams(max_new_tokens=max(1, max_new_tokens), temperature=spec.temperature)
@@ -227,7 +227,8 @@ class AgentCore:
             sampling.seed = spec.seed
         request = gpb.GenerateStreamRequest(
             model=model, messages=[gpb.ChatMessage(role=r, content=c) for r, c in messages], sampling=sampling,
-            response_format=gpb.ResponseFormat(json_schema=json.dumps(schema)),
+            response_format=(gpb.ResponseFormat(choices=gpb.Choices(values=schema)) if isinstance(schema, list)
+                             else gpb.ResponseFormat(json_schema=json.dumps(schema))),
         )
         t0 = time.perf_counter()
         stream = self.client("generator").generate_stream(request, timeout=timeout)

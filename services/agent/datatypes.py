@@ -87,6 +87,8 @@ class Decision:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     ms: float = 0.0
+    #: the next-step option chosen before the call was written ("" when the decision was one generation)
+    choice: str = ""
 
 
 @dataclass

@@ -14,7 +14,7 @@ from services.agent import datatypes as dt
 from services.agent.calculator import CalculatorError, calculate
 from services.agent.core import AgentCore, check_request
 from services.agent.datatypes import Budget, Decision, RunSpec
-from services.agent.loop import FLAG_NOTE, AgentLoop, LoopConfig, decision_schema, quote_flagged, salvage_answer
+from services.agent.loop import CALCULATE_AGAIN, FLAG_NOTE, NEXT_ACTION, AgentLoop, LoopConfig, decision_schema, quote_flagged, salvage_answer
 from services.agent.settings import AgentSettings
 from services.agent.store import MemoryBackend, RunStore
 from services.agent.tools import Tool, ToolContext, build_registry
@@ -33,9 +33,20 @@ class ScriptedModel:
         self.tokens = tokens
         self.complete = complete
         self.calls: list[dict] = []
+        #: the first halves of two-part decisions: (options offered, option picked)
+        self.choices: list[tuple[list[str], str]] = []
 
     def __call__(self, messages, schema, max_new, model, timeout) -> Decision:
         n = len(self.calls)
+        if isinstance(schema, list):  # which kind of step comes next: the option of the next scripted call
+            try:
+                name = json.loads(self.texts[min(n, len(self.texts) - 1)])["name"]
+            except (ValueError, KeyError, TypeError):
+                name = ""
+            picked = next((o for o in schema if o in (NEXT_ACTION.get(name), name == "calculator" and CALCULATE_AGAIN)
+                           or o.startswith(f"{name}:")), "")
+            self.choices.append((schema, picked))
+            return Decision(picked, bool(picked), model or "scripted", 50, 5, 1.0)
         self.calls.append({"messages": messages, "schema": schema, "max_new": max_new, "model": model})
         text = self.texts[min(n, len(self.texts) - 1)]
         complete = True if self.complete is None else self.complete[min(n, len(self.complete) - 1)]
@@ -80,11 +91,21 @@ def test_search_calculate_answer(registry):
     assert end.state == dt.COMPLETED and end.final_answer == "Mars has 2 moons; times 12 is 24."
     assert [s.status for s in loop.steps] == [dt.OK, dt.OK, dt.FINAL]
     assert loop.steps[1].observation == "24"
-    assert end.usage.steps == 2 and end.usage.completion_tokens == 30
-    # every decision was constrained to the allowed tools plus final_answer
-    assert all(schema_tools(c["schema"]) == ["search", "calculator", "final_answer"] for c in model.calls)
-    # the observation reached the model's next prompt, framed like Qwen's tool responses
-    assert "<tool_response>\n24\n</tool_response>" in model.calls[2]["messages"][-1][1]
+    # three calls of 10 tokens and two choices of 5: both halves of a decision count
+    assert end.usage.steps == 2 and end.usage.completion_tokens == 40
+    # the first decision was constrained to the allowed tools plus final_answer; after an observation
+    # the model first picked the kind of step (answer first, then the request's tools in reverse) ...
+    assert schema_tools(model.calls[0]["schema"]) == ["search", "calculator", "final_answer"]
+    assert model.choices[0] == ([NEXT_ACTION["final_answer"], NEXT_ACTION["calculator"], NEXT_ACTION["search"]],
+                                NEXT_ACTION["calculator"])
+    assert model.choices[1][0][1] == CALCULATE_AGAIN  # the calculator's own result is the last one
+    # ... then wrote that one tool's call, told what was picked
+    assert schema_tools(model.calls[1]["schema"]) == ["calculator"]
+    assert schema_tools(model.calls[2]["schema"]) == ["final_answer"]
+    assert loop.steps[1].note == f"chose: {NEXT_ACTION['calculator']}"
+    # the observations reached the model's next prompt, in the user turn, not as replayed assistant calls
+    assert [r for r, _ in model.calls[2]["messages"]] == ["system", "user"]
+    assert 'calculator "2*12":\n24' in model.calls[2]["messages"][-1][1]
     assert [e.last for e in events] == [False, False, True]
 
 
@@ -108,7 +129,8 @@ def test_token_budget(registry):
     end = loop.run()
     # 50 + 50 used; 10 left is under min_decision_tokens, so the third decision is the forced answer
     assert end.state == dt.BUDGET_EXHAUSTED and end.error == "budget exhausted: tokens (110)"
-    assert model.calls[1]["max_new"] == 60  # a decision never asks for more than is left
+    # a decision never asks for more than is left: 60 after the first call, 55 after the choice's 5
+    assert model.calls[1]["max_new"] == 55
     assert end.final_answer == "x"
 
 
@@ -116,7 +138,8 @@ def test_seconds_budget(registry):
     now = [0.0]
 
     def slow(*a):
-        now[0] += 40
+        if not isinstance(a[1], list):  # each call takes 40 s (its choice takes no time here)
+            now[0] += 40
         return ScriptedModel(call("search", query=f"q{now[0]}"))(*a)
 
     loop, _ = make_loop(registry, slow, seconds=100, clock=lambda: now[0])
@@ -309,6 +332,9 @@ class _FakeClients:
 
     def generate_stream(self, request, timeout=None):
         self.requests.append(request)
+        if request.response_format.WhichOneof("format") == "choices":  # the first half of a decision
+            options = list(request.response_format.choices.values)
+            return _FakeGeneratorStream(ScriptedModel(self.texts[0])(None, options, 0, "", 0).text)
         return _FakeGeneratorStream(self.texts.pop(0))
 
 
@@ -406,3 +432,29 @@ def test_search_leaves_out_hits_far_below_the_best():
     assert _search({"query": "q"}, ctx) == "[1] passage 1\n[2] passage 2"
     ctx = ToolContext(lambda service: retriever, "c", AgentSettings(search_min_relative_score=0), 5.0)
     assert _search({"query": "q"}, ctx).count("passage") == 3
+
+
+def test_second_search_is_written_without_the_earlier_queries_in_view(registry):
+    # a 0.5B model copies a query it can see; the results stay in view, the queries do not
+    model = ScriptedModel(call("search", query="Mars moons"), call("search", query="Phobos size"),
+                          call("final_answer", answer="Two moons."))
+    loop, _ = make_loop(registry, model)
+    end = loop.run()
+    assert end.final_answer == "Two moons." and [s.tool for s in loop.steps[:2]] == ["search", "search"]
+    prompt = model.calls[1]["messages"][-1][1]
+    assert schema_tools(model.calls[1]["schema"]) == ["search"]
+    assert "Passage about Mars moons" in prompt and '"Mars moons"' not in prompt
+    assert "Results so far:" in prompt
+
+
+def test_a_choice_cut_off_falls_back_to_one_decision_over_every_allowed_tool(registry):
+    def model(messages, fmt, max_new, name, timeout):
+        if isinstance(fmt, list):
+            return Decision("answer n", False, "m", 10, max_new, 1.0)  # ran out of tokens mid-option
+        return inner(messages, fmt, max_new, name, timeout)
+
+    inner = ScriptedModel(call("search", query="a"), call("final_answer", answer="done"))
+    loop, _ = make_loop(registry, model)
+    end = loop.run()
+    assert end.final_answer == "done" and loop.steps[-1].note == ""
+    assert schema_tools(inner.calls[1]["schema"]) == ["search", "calculator", "final_answer"]
