@@ -113,6 +113,33 @@ class Identity:
 
 
 ANONYMOUS = Identity(None)
+
+#: ends a tenant's prefix in stored collection names ("t_alice_3f9a1c__docs")
+TENANT_SEPARATOR = "__"
+
+
+def tenant_prefix(principal: str) -> str:
+    """The prefix of a principal's stored collection names: a readable slug and a short hash of the
+    whole principal (so principals that slug alike never share a namespace), in the retriever's
+    name alphabet ([a-z0-9_])."""
+    slug = "".join(ch for ch in principal.lower() if ch.isascii() and ch.isalnum())[:12]
+    digest = hashlib.sha256(principal.encode()).hexdigest()[:6]
+    return f"t_{slug}_{digest}{TENANT_SEPARATOR}" if slug else f"t_{digest}{TENANT_SEPARATOR}"
+
+
+def tenant_collection(identity: Identity, name: str) -> str:
+    """The stored name of a caller's collection: admins (and everyone when authentication is off)
+    address stored names as they are; anyone else has a namespace of their own."""
+    return name if identity.admin else tenant_prefix(identity.principal or "") + name
+
+
+def visible_collection(identity: Identity, stored: str) -> str | None:
+    """The name a caller knows a stored collection by, or None when it is another tenant's."""
+    if identity.admin:
+        return stored
+    prefix = tenant_prefix(identity.principal or "")
+    return stored[len(prefix):] if stored.startswith(prefix) else None
+
 #: the identity of the call being served (set by the interceptor, read by grpc_call_context)
 identity_var: contextvars.ContextVar[Identity] = contextvars.ContextVar("identity", default=ANONYMOUS)
 

@@ -17,7 +17,7 @@ import grpc
 from google.protobuf import json_format
 
 from shared import tracing
-from shared.auth import acting_for_var, call_metadata, channel_credentials, get_tls_settings, task_auth_kwargs
+from shared.auth import Identity, acting_for_var, call_metadata, channel_credentials, get_tls_settings, task_auth_kwargs
 from shared.config import Settings, Transport, get_client_settings, get_settings
 from shared.errors import (
     Cancelled,
@@ -49,6 +49,13 @@ def inproc_api(service: str) -> ServiceApi:
 
 
 @atexit.register
+def _inproc_identity() -> Identity | None:
+    """Whom an in-process call is made as: the principal a job acts for, as over gRPC (so tenancy
+    applies alike on every transport), else the caller's own identity."""
+    acting = acting_for_var.get()
+    return Identity(acting) if acting else None
+
+
 def _close_inproc_apis() -> None:
     for api in list(_inproc_apis.values()):
         api.close()
@@ -154,7 +161,7 @@ class ServiceClient:
             except Exception as exc:  # noqa: BLE001 - translated below
                 raise from_celery_error(exc, timeout) from None
             return json_format.ParseDict(doc, m.response_type(), ignore_unknown_fields=True)
-        ctx = CallContext.with_timeout(timeout)
+        ctx = CallContext.with_timeout(timeout, identity=_inproc_identity())
         try:
             return getattr(self._inproc(), m.name)(request, ctx)
         except GenstackError:
@@ -183,7 +190,7 @@ class ServiceClient:
                 raise
             except Exception as exc:  # noqa: BLE001 - broker down
                 raise from_celery_error(exc, timeout) from None
-        ctx = CallContext.with_timeout(timeout)
+        ctx = CallContext.with_timeout(timeout, identity=_inproc_identity())
         inner = getattr(self._inproc(), m.name)(request, ctx)
 
         def inproc_iter():

@@ -13,6 +13,7 @@ from genstack.agent.v1 import agent_pb2_grpc as pb_grpc
 from services.agent import datatypes as dt
 from services.agent.core import AgentCore
 from services.agent.datatypes import Event, RunRecord, RunSpec, Step, Usage
+from shared.auth import acting_for_var
 from shared.rpc import CallContext, ServiceApi, opt, stream_from_thread
 
 STATE_TO_PB = {
@@ -77,6 +78,12 @@ def record_to_proto(r: RunRecord) -> pb.AgentRun:
     return run
 
 
+def _acting_for(ctx: CallContext) -> str | None:
+    """Whom the run's tool calls act for: the caller, so that `search` sees the caller's collections
+    (None for admins and when authentication is off: they call as the agent service itself)."""
+    return None if ctx.identity.admin else ctx.identity.principal
+
+
 class AgentApi(ServiceApi):
     service = "agent"
     descriptor = pb.DESCRIPTOR.services_by_name["AgentService"]
@@ -88,7 +95,10 @@ class AgentApi(ServiceApi):
         doc = json_format.MessageToDict(request)
         doc["runId"] = spec.run_id
 
+        acting = _acting_for(ctx)
+
         def work(stopped, emit):
+            acting_for_var.set(acting)  # this thread's calls to the tools' services act for the caller
             # a cancel is noticed at the next token of a decision, not at the end of the run
             self.core.run(spec, doc, stopped, lambda e: emit(event_to_proto(e)), time_left=ctx.time_remaining())
 
@@ -99,7 +109,11 @@ class AgentApi(ServiceApi):
         spec = to_spec(self.core, request)
         doc = json_format.MessageToDict(request)
         doc["runId"] = spec.run_id
-        self.core.run(spec, doc, ctx.stopped, time_left=ctx.time_remaining())
+        reset = acting_for_var.set(_acting_for(ctx))
+        try:
+            self.core.run(spec, doc, ctx.stopped, time_left=ctx.time_remaining())
+        finally:
+            acting_for_var.reset(reset)
         return record_to_proto(self.core.get(spec.run_id))
 
     def GetAgentRun(self, request: pb.GetAgentRunRequest, ctx: CallContext) -> pb.GetAgentRunResponse:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import shared  # noqa: F401 - puts the generated stubs on sys.path
 from genstack.retriever.v1 import retriever_pb2 as pb
 from genstack.retriever.v1 import retriever_pb2_grpc as pb_grpc
 from services.retriever.core import (
+    COLLECTION_PATTERN,
     DONE,
     EMBEDDING,
     PARSING,
@@ -18,9 +20,11 @@ from services.retriever.core import (
     IngestResult,
     RetrieverCore,
     SearchInput,
+    check_collection,
 )
 from services.retriever.stores.base import HYBRID, KEYWORD, VECTOR, Candidate, CollectionStats
-from shared.errors import InvalidArgument
+from shared.auth import tenant_collection, visible_collection
+from shared.errors import GenstackError, InvalidArgument
 from shared.rpc import CallContext, ServiceApi, opt
 
 _MODES = {
@@ -129,6 +133,30 @@ class RetrieverApi(ServiceApi):
     servicer_base = pb_grpc.RetrieverServiceServicer
     add_to_server = staticmethod(pb_grpc.add_RetrieverServiceServicer_to_server)
 
+    # Tenancy: every collection belongs to the principal that made it. Callers name collections in
+    # their own namespace; the stored name carries the tenant's prefix (shared.auth.tenant_collection).
+    # Another tenant's collection reads exactly like a missing one.
+
+    def _stored(self, name: str, ctx: CallContext) -> str:
+        check_collection(name)
+        stored = tenant_collection(ctx.identity, name)
+        if stored != name and not COLLECTION_PATTERN.fullmatch(stored):
+            room = 63 - (len(stored) - len(name))
+            raise InvalidArgument(f"must be at most {room} characters for this principal's collections (the "
+                                  f"stored name adds a tenant prefix; got {len(name)})", field="collection")
+        return stored
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _named(stored: str, name: str) -> Iterator[None]:
+        """Errors name the collection as the caller does, never by its stored, prefixed name."""
+        try:
+            yield
+        except GenstackError as exc:
+            if stored != name and exc.args:
+                exc.args = (str(exc.args[0]).replace(stored, name), *exc.args[1:])
+            raise
+
     def IngestDocuments(self, request: pb.IngestDocumentsRequest, ctx: CallContext) -> pb.IngestDocumentsResponse:
         return self.ingest(request, ctx)
 
@@ -146,31 +174,49 @@ class RetrieverApi(ServiceApi):
         progress = None
         if on_progress is not None:
             progress = lambda *args: on_progress(progress_message(*args))  # noqa: E731
-        result = self.core.ingest(
-            request.collection,
-            to_documents(request),
-            opt(chunking, "chunk_size_tokens"),
-            opt(chunking, "chunk_overlap_tokens"),
-            max_documents=self.core.settings.max_documents_per_task if large else None,
-            progress=progress,
-            check=ctx.check,
-        )
-        return to_ingest_response(result)
+        stored = self._stored(request.collection, ctx)
+        with self._named(stored, request.collection):
+            result = self.core.ingest(
+                stored,
+                to_documents(request),
+                opt(chunking, "chunk_size_tokens"),
+                opt(chunking, "chunk_overlap_tokens"),
+                max_documents=self.core.settings.max_documents_per_task if large else None,
+                progress=progress,
+                check=ctx.check,
+            )
+        response = to_ingest_response(result)
+        response.collection = request.collection
+        return response
 
     def DeleteDocuments(self, request: pb.DeleteDocumentsRequest, ctx: CallContext) -> pb.DeleteDocumentsResponse:
-        deleted, not_found, chunks = self.core.delete_documents(request.collection, list(request.document_ids))
+        stored = self._stored(request.collection, ctx)
+        with self._named(stored, request.collection):
+            deleted, not_found, chunks = self.core.delete_documents(stored, list(request.document_ids))
         return pb.DeleteDocumentsResponse(deleted_ids=deleted, not_found_ids=not_found, chunks_deleted=chunks)
 
     def ListCollections(self, request: pb.ListCollectionsRequest, ctx: CallContext) -> pb.ListCollectionsResponse:
-        return pb.ListCollectionsResponse(collections=[to_collection(s) for s in self.core.list_collections()])
+        out = []
+        for stats in self.core.list_collections():
+            name = visible_collection(ctx.identity, stats.name)
+            if name is not None:
+                info = to_collection(stats)
+                info.name = name
+                out.append(info)
+        return pb.ListCollectionsResponse(collections=out)
 
     def DeleteCollection(self, request: pb.DeleteCollectionRequest, ctx: CallContext) -> pb.DeleteCollectionResponse:
-        stats = self.core.delete_collection(request.collection)
+        stored = self._stored(request.collection, ctx)
+        with self._named(stored, request.collection):
+            stats = self.core.delete_collection(stored)
         return pb.DeleteCollectionResponse(documents_deleted=stats.document_count, chunks_deleted=stats.chunk_count)
 
     def Search(self, request: pb.SearchRequest, ctx: CallContext) -> pb.SearchResponse:
         started = time.perf_counter()
-        result = self.core.search(to_search(request))
+        query = to_search(request)
+        query.collection = self._stored(request.collection, ctx)
+        with self._named(query.collection, request.collection):
+            result = self.core.search(query)
         hits = [to_hit(h) for h in result.hits]
         took_ms = (time.perf_counter() - started) * 1000
         return pb.SearchResponse(hits=hits, mode=_MODE_ENUM[result.mode], alpha=result.alpha, took_ms=took_ms)
