@@ -79,7 +79,22 @@ def make_celery(settings: Settings | None = None, name: str = "genstack") -> Cel
         task_default_queue="default",
         worker_consumer="shared.celery_app:GenstackConsumer",
     )
+    if settings.message_signing:
+        _sign_messages(app, settings)
     return app
+
+
+def _sign_messages(app: Celery, settings: Settings) -> None:
+    """Celery's `auth` serializer: task messages are JSON signed with the sender's key (SHA-256), and a
+    worker accepts only messages signed by a certificate in its store. It signs, it does not encrypt;
+    results and streamed responses stay JSON in Redis (docs/security.md)."""
+    app.conf.update(
+        task_serializer="auth", accept_content=["auth"], security_digest="sha256",
+        security_key=str(settings.celery_signing_key_file), security_certificate=str(settings.celery_signing_cert_file),
+        security_cert_store=str(settings.celery_signing_cert_store),
+    )
+    # results stay JSON; setup_security also turns off pickle, yaml and msgpack for the process
+    app.setup_security(allowed_serializers=["json"], serializer="json")
 
 
 class AuthenticatedTask(Task):
@@ -105,8 +120,11 @@ class GenstackConsumer(Consumer):
         task_id = (message.headers or {}).get("id")
         if not task_id:
             return
-        why = Unauthenticated(f"the worker refused the task message ({type(exc).__name__}): send JSON"
-                              " (or a signed message where message signing is on)")
+        if self.app.conf.task_serializer == "auth":
+            why = Unauthenticated(f"the worker refused the task message ({type(exc).__name__}): it runs only "
+                                  "messages signed by a certificate in its store; set GENSTACK_CELERY_SIGNING_*")
+        else:
+            why = Unauthenticated(f"the worker refused the task message ({type(exc).__name__}): send JSON")
         try:
             self.app.backend.mark_as_failure(task_id, why)
         except Exception:  # noqa: BLE001 - the refusal is still logged and the message dropped

@@ -60,6 +60,26 @@ class Settings(BaseSettings):
         "broker); unset: task_max_deadline_s + 60. Shorter than a task's run time means it runs twice"
     )
 
+    celery_signing_key_file: Path | None = Field(
+        None, description="PEM private key (RSA) that signs the task messages this process sends; with the "
+        "certificate and the store below, task messages are signed and workers accept only signed ones"
+    )
+    celery_signing_cert_file: Path | None = Field(
+        None, description="PEM certificate of the signing key (its issuer and serial name the signer)"
+    )
+    celery_signing_cert_store: Path | None = Field(
+        None, description="Folder (or glob) of PEM certificates whose signatures workers trust"
+    )
+
+    @property
+    def message_signing(self) -> bool:
+        """Whether task messages are signed (all three signing settings given); some but not all is an error."""
+        given = [self.celery_signing_key_file, self.celery_signing_cert_file, self.celery_signing_cert_store]
+        if any(given) and not all(given):
+            raise ValueError("message signing needs GENSTACK_CELERY_SIGNING_KEY_FILE, "
+                             "GENSTACK_CELERY_SIGNING_CERT_FILE and GENSTACK_CELERY_SIGNING_CERT_STORE together")
+        return all(given)
+
     @property
     def visibility_timeout_s(self) -> float:
         return self.celery_visibility_timeout_s or self.task_max_deadline_s + 60.0
