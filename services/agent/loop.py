@@ -69,6 +69,15 @@ def decision_schema(tools: list[Tool]) -> dict:
 CALCULATE_AGAIN = "calculate again: the task asks for more arithmetic than the last result"
 
 
+_GROUPED = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+
+
+def _plain_numbers(text: str) -> str:
+    """Thousands separators dropped for the model's eyes ("1,150" -> "1150"; the record keeps the
+    tool's text): Qwen2.5-0.5B copied "1,150 apple trees" into the calculator as 150."""
+    return _GROUPED.sub("", text)
+
+
 def next_action_label(tool: Tool, last_tool: str = "") -> str:
     if tool.name == "calculator" and last_tool == "calculator":
         return CALCULATE_AGAIN
@@ -186,7 +195,8 @@ class AgentLoop:
         for s in self.steps:
             args = s.arguments if s.arguments is not None else {}
             shown = json.dumps(next(iter(args.values())) if len(args) == 1 else args, ensure_ascii=False)
-            lines.append(f"{s.tool or '(invalid call)'} {shown}:\n{s.observation}" if calls else s.observation)
+            seen = _plain_numbers(s.observation)
+            lines.append(f"{s.tool or '(invalid call)'} {shown}:\n{seen}" if calls else seen)
         return "\n".join(lines)
 
     def next_action_messages(self, labels: list[str]) -> list[tuple[str, str]]:

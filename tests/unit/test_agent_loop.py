@@ -458,3 +458,16 @@ def test_a_choice_cut_off_falls_back_to_one_decision_over_every_allowed_tool(reg
     end = loop.run()
     assert end.final_answer == "done" and loop.steps[-1].note == ""
     assert schema_tools(inner.calls[1]["schema"]) == ["search", "calculator", "final_answer"]
+
+
+def test_the_model_reads_numbers_without_thousands_separators_and_the_record_keeps_them(registry):
+    def search(args, ctx):
+        return "[1] Brisk Orchard grows 1,150 apple trees; version 1,2,3 stays as written."
+
+    registry["search"] = Tool("search", "Search the documents.", registry["search"].parameters, search)
+    model = ScriptedModel(call("search", query="orchard"), call("final_answer", answer="1150"))
+    loop, _ = make_loop(registry, model)
+    loop.run()
+    prompt = model.calls[1]["messages"][-1][1]
+    assert "grows 1150 apple trees" in prompt and "version 1,2,3" in prompt
+    assert "1,150 apple trees" in loop.steps[0].observation
