@@ -27,6 +27,9 @@ class AgentSettings(ServiceSettings):
     max_tokens: int = Field(8192, description="Upper bound on a request's max_tokens")
     decision_max_tokens: int = Field(96, description="Most tokens one decision may generate")
     min_decision_tokens: int = Field(24, description="Below this many tokens left, the loop forces the final answer")
+    choose_then_call: bool = Field(
+        True, description="After an observation, decide in two halves: pick the kind of next step from short "
+        "options, then write that tool's call (docs/agent.md); off: one generation over every allowed tool")
     final_answer_tokens: int = Field(
         64, description="Tokens the forced final answer may use beyond an exhausted token budget")
     final_answer_seconds: float = Field(
