@@ -51,7 +51,7 @@ x-build-args: &build-args
 # Settings every genstack container reads (shared/config.py and each service's settings.py).
 x-env: &env
   # Redis requires a password (REDIS_PASSWORD in .env); bearer tokens are on when a tokens file is mounted
-  GENSTACK_REDIS_URL: redis://:${REDIS_PASSWORD:-change-me}@redis:6379/0
+  GENSTACK_REDIS_URL: redis://:${REDIS_PASSWORD:?set REDIS_PASSWORD in .env (see .env.example)}@redis:6379/0
   GENSTACK_AUTH_TOKENS_FILE: ${GENSTACK_AUTH_TOKENS_FILE:-}
   GENSTACK_AUTH_TOKEN: ${GENSTACK_AUTH_TOKEN:-}
   GENSTACK_TRANSPORT: grpc
@@ -105,11 +105,11 @@ services:
     image: redis:7.4-alpine
     # AOF persistence: queued tasks, results and job records survive a restart
     command: ["redis-server", "--appendonly", "yes", "--appendfsync", "everysec", "--maxmemory-policy", "noeviction",
-              "--requirepass", "${REDIS_PASSWORD:-change-me}"]
+              "--requirepass", "${REDIS_PASSWORD:?set REDIS_PASSWORD in .env (see .env.example)}"]
     restart: unless-stopped
     environment:
       # redis-cli (the health check) reads its password from REDISCLI_AUTH
-      REDISCLI_AUTH: ${REDIS_PASSWORD:-change-me}
+      REDISCLI_AUTH: ${REDIS_PASSWORD:?set REDIS_PASSWORD in .env (see .env.example)}
     volumes:
       - redis-data:/data
     healthcheck:
@@ -124,7 +124,7 @@ services:
 _INFRA = {
     "weaviate": {
         "env": "  GENSTACK_RETRIEVER_BACKEND: weaviate\n  GENSTACK_RETRIEVER_WEAVIATE_URL: http://weaviate:8080\n"
-               "  GENSTACK_RETRIEVER_WEAVIATE_API_KEY: ${WEAVIATE_API_KEY:-change-me}\n",
+               "  GENSTACK_RETRIEVER_WEAVIATE_API_KEY: ${WEAVIATE_API_KEY:?set WEAVIATE_API_KEY in .env (see .env.example)}\n",
         "service": """
   weaviate:
     # >= 1.27 (weaviate-client 4.24.1 refuses older servers); vectors come from genstack
@@ -138,7 +138,7 @@ _INFRA = {
       # API keys only (WEAVIATE_API_KEY in .env); the retriever sends the same key
       AUTHENTICATION_ANONYMOUS_ACCESS_ENABLED: "false"
       AUTHENTICATION_APIKEY_ENABLED: "true"
-      AUTHENTICATION_APIKEY_ALLOWED_KEYS: ${WEAVIATE_API_KEY:-change-me}
+      AUTHENTICATION_APIKEY_ALLOWED_KEYS: ${WEAVIATE_API_KEY:?set WEAVIATE_API_KEY in .env (see .env.example)}
       AUTHENTICATION_APIKEY_USERS: genstack-retriever
       QUERY_DEFAULTS_LIMIT: "25"
       CLUSTER_HOSTNAME: node1

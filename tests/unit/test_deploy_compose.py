@@ -62,6 +62,10 @@ def _env_example() -> dict[str, str]:
     return out
 
 
+#: compose refuses to start without these (no default password); any value will do for the checks
+SECRETS = {"REDIS_PASSWORD": "test-password", "WEAVIATE_API_KEY": "test-key"}
+
+
 def _interpolated(text: str, env: dict[str, str]):
     """The compose document as `docker compose` sees it with `env` (values only: keys stay)."""
     def walk(node):
@@ -81,8 +85,8 @@ def test_compose_file_validates_against_the_compose_spec(schema, path):
     text = path.read_text()
     assert _errors(schema, yaml.safe_load(text)) == []
     # and once the ${...} values are filled in, with .env.example and with nothing set
-    assert _errors(schema, _interpolated(text, _env_example())) == []
-    assert _errors(schema, _interpolated(text, {})) == []
+    assert _errors(schema, _interpolated(text, {**_env_example(), **SECRETS})) == []
+    assert _errors(schema, _interpolated(text, SECRETS)) == []
 
 
 def test_schema_rejects_what_compose_would_reject(schema, compose):
@@ -198,8 +202,17 @@ def test_redis_keeps_an_append_only_file(compose):
     assert command[0] == "redis-server" and command[command.index("--appendonly") + 1] == "yes"
     assert any(v.endswith(":/data") for v in redis["volumes"])
     for svc in _genstack(compose).values():
-        url = urlparse(svc["environment"]["GENSTACK_REDIS_URL"])
-        assert url.hostname == "redis" and url.port == 6379
+        url = urlparse(consistency.interpolate(svc["environment"]["GENSTACK_REDIS_URL"], SECRETS))
+        assert url.hostname == "redis" and url.port == 6379 and url.password == SECRETS["REDIS_PASSWORD"]
+
+
+def test_compose_refuses_to_start_without_the_redis_password_and_weaviate_key():
+    # no default secret to forget: `docker compose` stops with this message when .env lacks them
+    text = COMPOSE.read_text()
+    for missing in SECRETS:
+        with pytest.raises(ValueError, match=f"required variable {missing} is not set: set {missing} in .env"):
+            _interpolated(text, {k: v for k, v in SECRETS.items() if k != missing})
+    assert "change-me" not in text and "change-me" not in ENV_EXAMPLE.read_text()
 
 
 def test_weaviate_is_pinned_without_a_vectorizer(compose):

@@ -31,12 +31,13 @@ def _compose_envs() -> dict[str, dict[str, str]]:
     """Each genstack container's environment: with .env.example, with nothing set, with GPUs."""
     compose = consistency.load_compose()
     envs = {}
-    for label, values in (("env.example", _env_example()), ("defaults", {})):
+    secrets = {"REDIS_PASSWORD": "test-password", "WEAVIATE_API_KEY": "test-key"}  # compose requires them
+    for label, values in (("env.example", {**_env_example(), **secrets}), ("defaults", secrets)):
         for name, env in consistency.compose_environments(compose, values).items():
             envs[f"docker-compose.yml[{label}]:{name}"] = env
     override = consistency.load_compose(REPO / "deploy/docker/compose.gpu.yml")
     for name, extra in consistency.compose_environments(override, only_genstack=False).items():
-        base = consistency.compose_environments(compose)[name]
+        base = consistency.compose_environments(compose, secrets)[name]
         envs[f"docker-compose.yml+compose.gpu.yml:{name}"] = {**base, **extra}
     return envs
 
