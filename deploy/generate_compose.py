@@ -124,7 +124,8 @@ services:
 _INFRA = {
     "weaviate": {
         "env": "  GENSTACK_RETRIEVER_BACKEND: weaviate\n  GENSTACK_RETRIEVER_WEAVIATE_URL: http://weaviate:8080\n"
-               "  GENSTACK_RETRIEVER_WEAVIATE_API_KEY: ${WEAVIATE_API_KEY:?set WEAVIATE_API_KEY in .env (see .env.example)}\n",
+               "  GENSTACK_RETRIEVER_WEAVIATE_API_KEY: "
+               "${WEAVIATE_API_KEY:?set WEAVIATE_API_KEY in .env (see .env.example)}\n",
         "service": """
   weaviate:
     # >= 1.27 (weaviate-client 4.24.1 refuses older servers); vectors come from genstack

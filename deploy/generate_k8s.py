@@ -37,6 +37,17 @@ UID = 10001
 #: Secrets the operator creates (docs/security.md): tokens and the service token, Redis's password
 AUTH_SECRET = "genstack-auth"
 AUTH_DIR = "/etc/genstack/auth"
+#: CA certificate, server certificate and key (python -m deploy.tls writes them; cert-manager works too)
+TLS_SECRET = "genstack-tls"
+TLS_DIR = "/etc/genstack/tls"
+#: every pod that talks gRPC: trust the CA, and servers present the certificate
+TLS_ENV = [
+    {"name": "GENSTACK_TLS_CA_FILE", "value": f"{TLS_DIR}/ca.crt"},
+    {"name": "GENSTACK_TLS_CERT_FILE", "value": f"{TLS_DIR}/tls.crt"},
+    {"name": "GENSTACK_TLS_KEY_FILE", "value": f"{TLS_DIR}/tls.key"},
+]
+TLS_MOUNT = {"name": "tls", "mountPath": TLS_DIR, "readOnly": True}
+TLS_VOLUME = {"name": "tls", "secret": {"secretName": TLS_SECRET, "defaultMode": 0o440}}
 REDIS_SECRET = "genstack-redis"
 #: every genstack process serves Prometheus metrics here (GENSTACK_METRICS_PORT; shared/metrics.py)
 METRICS_PORT = 9100
@@ -133,6 +144,8 @@ def container(spec: ServiceSpec, role: str) -> dict:
             # Redis requires a password, kept in a Secret; the URL is assembled here, not in the ConfigMap
             {"name": "REDIS_PASSWORD", "valueFrom": {"secretKeyRef": {"name": REDIS_SECRET, "key": "password"}}},
             {"name": "GENSTACK_REDIS_URL", "value": redis_url("$(REDIS_PASSWORD)")},
+            # gRPC over TLS between every pair of pods
+            *TLS_ENV,
         ],
         "envFrom": [{"configMapRef": {"name": CONFIGMAP}}],
     }
@@ -140,13 +153,14 @@ def container(spec: ServiceSpec, role: str) -> dict:
         c["ports"] = [{"name": "grpc", "containerPort": spec.port, "protocol": "TCP"}]
     c.setdefault("ports", []).append({"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"})
     if role == "grpc":
-        # Native gRPC probes ask grpc.health.v1 for the whole server (""): NOT_SERVING until the
-        # warm-up has loaded the models, and again while draining on SIGTERM.
-        probe = {"grpc": {"port": spec.port, "service": ""}}
-        c["startupProbe"] = {**probe, "periodSeconds": 10, "timeoutSeconds": 5,
+        # The probes ask grpc.health.v1 for the whole server (""): NOT_SERVING until the warm-up has
+        # loaded the models, and again while draining on SIGTERM. Kubernetes' native gRPC probes
+        # cannot speak TLS, so the probe is the image's health command over the pod's own TLS.
+        probe = {"exec": {"command": ["python", "-m", "deploy.healthcheck", "grpc"]}}
+        c["startupProbe"] = {**probe, "periodSeconds": 10, "timeoutSeconds": 10,
                              "failureThreshold": max(1, prof.startup_s // 10)}
-        c["readinessProbe"] = {**probe, "periodSeconds": 5, "timeoutSeconds": 3, "failureThreshold": 2}
-        c["livenessProbe"] = {**probe, "periodSeconds": 20, "timeoutSeconds": 5, "failureThreshold": 3}
+        c["readinessProbe"] = {**probe, "periodSeconds": 10, "timeoutSeconds": 10, "failureThreshold": 2}
+        c["livenessProbe"] = {**probe, "periodSeconds": 30, "timeoutSeconds": 10, "failureThreshold": 3}
     c["resources"] = {
         "requests": {"cpu": prof.cpu_request, "memory": prof.memory_request},
         "limits": {"cpu": str(prof.cpu_limit), "memory": prof.memory_limit},
@@ -161,6 +175,7 @@ def container(spec: ServiceSpec, role: str) -> dict:
         {"name": "tmp", "mountPath": "/tmp"},
         {"name": "model-cache", "mountPath": HOME},
         {"name": "auth", "mountPath": AUTH_DIR, "readOnly": True},
+        TLS_MOUNT,
     ]
     return c
 
@@ -186,6 +201,7 @@ def pod_spec(spec: ServiceSpec, role: str) -> dict:
             # ReadWriteMany PersistentVolumeClaim in an overlay to convert once per cluster
             {"name": "model-cache", "emptyDir": {"sizeLimit": prof.model_cache}},
             {"name": "auth", "secret": {"secretName": AUTH_SECRET, "defaultMode": 0o440}},
+            TLS_VOLUME,
         ],
     }
     if role == "grpc":
@@ -517,6 +533,8 @@ def console_documents() -> list[dict]:
         "imagePullPolicy": "IfNotPresent",
         # the entrypoint runs any other command as given
         "args": ["python", "-m", "services.console", "--port", str(CONSOLE_PORT), "--host", "0.0.0.0"],
+        # a gRPC client of the orchestrator: it trusts the deployment's CA
+        "env": [TLS_ENV[0]],
         "envFrom": [{"configMapRef": {"name": CONFIGMAP}}],
         "ports": [{"name": "http", "containerPort": CONSOLE_PORT, "protocol": "TCP"},
                   {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
@@ -525,7 +543,7 @@ def console_documents() -> list[dict]:
         "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"cpu": "500m", "memory": "512Mi"}},
         "securityContext": {"runAsNonRoot": True, "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
                             "capabilities": {"drop": ["ALL"]}},
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, TLS_MOUNT],
     }
     pod = {
         "automountServiceAccountToken": False,
@@ -533,7 +551,7 @@ def console_documents() -> list[dict]:
         "securityContext": {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID,
                             "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [c],
-        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
+        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}, TLS_VOLUME],
     }
     return [
         {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "console", "labels": lab},

@@ -27,7 +27,7 @@ def check_grpc(address: str, service: str = "", timeout: float = 5.0) -> tuple[b
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(address) as channel:
+    with _channel(grpc, address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
@@ -35,6 +35,20 @@ def check_grpc(address: str, service: str = "", timeout: float = 5.0) -> tuple[b
             return False, f"{address} {service or '<server>'}: {exc.code().name} {exc.details() or ''}".rstrip()
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     return reply.status == health_pb2.HealthCheckResponse.SERVING, f"{address} {service or '<server>'}: {status}"
+
+
+def _channel(grpc, address: str):
+    """Plain, or TLS when the process trusts a CA (GENSTACK_TLS_CA_FILE), presenting its client
+    certificate where it has one. A probe dials 127.0.0.1, which the certificate need not name: it
+    checks the name it is told (GENSTACK_TLS_SERVER_NAME) or the pod's own service name ($SERVICE)."""
+    from shared.auth import channel_credentials, get_tls_settings
+
+    credentials = channel_credentials()
+    if credentials is None:
+        return grpc.insecure_channel(address)
+    name = get_tls_settings().server_name or os.environ.get("SERVICE", "")
+    options = [("grpc.ssl_target_name_override", name)] if name else []
+    return grpc.secure_channel(address, credentials, options=options)
 
 
 def check_broker(url: str, timeout: float = 5.0) -> tuple[bool, str]:

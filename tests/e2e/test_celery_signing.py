@@ -26,8 +26,9 @@ import json, sys
 from shared.celery_app import make_celery
 app = make_celery()
 try:
+    check = {"name": "length", "params": {"max_chars": 10}}
     r = app.send_task("validator.validate", queue="validator", kwargs={"deadline_s": 60.0},
-                      args=[{"artifact": {"text": "short"}, "checks": [{"name": "length", "params": {"max_chars": 10}}]}])
+                      args=[{"artifact": {"text": "short"}, "checks": [check]}])
     doc = r.get(timeout=90, propagate=False)
     print(json.dumps({"state": r.state, "result": doc if isinstance(doc, dict) else repr(doc)}))
 finally:
@@ -55,7 +56,7 @@ class SignedWorker(ServiceProcess):
 def _signer(folder, name: str) -> tuple[str, str]:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
@@ -102,4 +103,4 @@ def test_part_of_the_signing_settings_is_a_clear_error(tmp_path):
     from shared.config import Settings
 
     with pytest.raises(ValueError, match="together"):
-        Settings(celery_signing_key_file=tmp_path / "k.pem").message_signing
+        _ = Settings(celery_signing_key_file=tmp_path / "k.pem").message_signing

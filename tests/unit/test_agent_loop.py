@@ -14,7 +14,16 @@ from services.agent import datatypes as dt
 from services.agent.calculator import CalculatorError, calculate
 from services.agent.core import AgentCore, check_request
 from services.agent.datatypes import Budget, Decision, RunSpec
-from services.agent.loop import CALCULATE_AGAIN, FLAG_NOTE, NEXT_ACTION, AgentLoop, LoopConfig, decision_schema, quote_flagged, salvage_answer
+from services.agent.loop import (
+    CALCULATE_AGAIN,
+    FLAG_NOTE,
+    NEXT_ACTION,
+    AgentLoop,
+    LoopConfig,
+    decision_schema,
+    quote_flagged,
+    salvage_answer,
+)
 from services.agent.settings import AgentSettings
 from services.agent.store import MemoryBackend, RunStore
 from services.agent.tools import Tool, ToolContext, build_registry

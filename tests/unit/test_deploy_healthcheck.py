@@ -140,3 +140,56 @@ def test_broker_failure_is_reported_without_the_password(capsys):
     assert healthcheck.main(["broker", "--url", url, "--timeout", "1"]) == 1
     out = capsys.readouterr().out
     assert "s3cret" not in out and ":***@127.0.0.1" in out
+
+
+def test_the_probe_speaks_tls_with_the_certificates_deploy_tls_issues(tmp_path, monkeypatch):
+    """The Kubernetes manifests turn TLS on for every server and probe it with this command: the
+    certificate from `python -m deploy.tls` serves, and the probe checks it by the pod's service name
+    while it dials 127.0.0.1."""
+    from deploy import tls
+    from shared import auth
+
+    paths = tls.issue(tmp_path / "tls")
+    other = tls.issue(tmp_path / "other")  # a CA the server's certificate does not come from
+    assert oct(paths["tls.key"].stat().st_mode & 0o777) == "0o600"
+    monkeypatch.setenv("GENSTACK_TLS_CERT_FILE", str(paths["tls.crt"]))
+    monkeypatch.setenv("GENSTACK_TLS_KEY_FILE", str(paths["tls.key"]))
+    auth.get_tls_settings.cache_clear()
+    api = SlowWarmUpApi()
+    api.release.set()
+    srv = Server(api, 0, host="127.0.0.1").start()
+    monkeypatch.delenv("GENSTACK_TLS_CERT_FILE")
+    monkeypatch.delenv("GENSTACK_TLS_KEY_FILE")
+    auth.get_tls_settings.cache_clear()
+    try:
+        assert srv.tls and _wait_until(srv.ready.is_set)
+        address = f"127.0.0.1:{srv.port}"
+        pod = {"GENSTACK_TLS_CA_FILE": str(paths["ca.crt"]), "SERVICE": "agent", "ROLE": "grpc"}
+        run = _check("grpc", "--address", address, env=pod)
+        assert run.returncode == 0 and "SERVING" in run.stdout, run.stdout + run.stderr
+        # every catalogue name is on the certificate (here: the retriever's, as its own probe would check)
+        run = _check("grpc", "--address", address, env={**pod, "SERVICE": "retriever"})
+        assert run.returncode == 0, run.stdout + run.stderr
+        # a name the certificate does not carry, another CA, and plain text all fail the probe
+        for env in ({**pod, "GENSTACK_TLS_SERVER_NAME": "evil.example"},
+                    {**pod, "GENSTACK_TLS_CA_FILE": str(other["ca.crt"])},
+                    {"SERVICE": "agent", "GENSTACK_TLS_CA_FILE": ""}):
+            run = _check("grpc", "--address", address, "--timeout", "3", env=env)
+            assert run.returncode == 1 and run.stdout.startswith("unhealthy:"), (env, run.stdout + run.stderr)
+    finally:
+        srv.stop(grace=0)
+
+
+def test_deploy_tls_names_every_service_of_the_catalogue(tmp_path):
+    from cryptography import x509
+
+    from deploy import tls
+    from shared.services import implemented_services
+
+    out = tls.main(["--out", str(tmp_path), "--namespace", "prod"])
+    assert out == 0
+    cert = x509.load_pem_x509_certificate((tmp_path / "tls.crt").read_bytes())
+    names = set(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.DNSName))
+    for service in [*implemented_services(), "console"]:
+        assert {service, f"{service}.prod.svc", f"{service}.prod.svc.cluster.local"} <= names

@@ -121,7 +121,7 @@ def test_strict_validation_rejects_a_misspelt_field(rendered):
     container["securityContext"]["readOnlyRootFilesytem"] = True  # sic
     assert any("readOnlyRootFilesytem" in e for e in _validate(deployment))
     probe = container["readinessProbe"]
-    probe["grpc"]["port"] = "grpc"  # native gRPC probes take a number, not a port name
+    probe["exec"]["command"] = "python -m deploy.healthcheck grpc"  # a list of arguments, not a string
     assert any("readinessProbe" in e for e in _validate(deployment))
 
 
@@ -173,7 +173,9 @@ def test_every_service_has_server_worker_and_queue(rendered, name):
     assert _env(c)["SERVICE"] == name and _env(c)["ROLE"] == "grpc"
     assert [p["containerPort"] for p in c["ports"]] == [spec.port, METRICS_PORT]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert c[probe]["grpc"]["port"] == spec.port, f"{name} {probe} must ask grpc.health.v1 on {spec.port}"
+        # the image's health command asks grpc.health.v1 on $SERVICE's port, over the pod's TLS
+        # (Kubernetes' native gRPC probes cannot speak TLS)
+        assert c[probe]["exec"]["command"] == ["python", "-m", "deploy.healthcheck", "grpc"], f"{name} {probe}"
 
     svc = _by_kind(docs, "Service")[name]
     assert svc["spec"]["selector"].items() <= server["spec"]["template"]["metadata"]["labels"].items()
@@ -437,6 +439,14 @@ def test_pods_require_tokens_and_reach_redis_with_its_password(rendered):
         assert list(env).index("REDIS_PASSWORD") < list(env).index("GENSTACK_REDIS_URL"), "$(VAR) needs it first"
         volumes = {v["name"]: v for v in pod["volumes"]}
         assert volumes["auth"]["secret"]["secretName"] == "genstack-auth"
+        # gRPC over TLS between pods, on by default: servers present the certificate, clients check the CA
+        assert volumes["tls"]["secret"]["secretName"] == "genstack-tls"
+        assert {"name": "tls", "mountPath": "/etc/genstack/tls", "readOnly": True} in pod["containers"][0][
+            "volumeMounts"]
+        assert {n: env[n]["value"] for n in ("GENSTACK_TLS_CA_FILE", "GENSTACK_TLS_CERT_FILE",
+                                             "GENSTACK_TLS_KEY_FILE")} == {
+            "GENSTACK_TLS_CA_FILE": "/etc/genstack/tls/ca.crt", "GENSTACK_TLS_CERT_FILE": "/etc/genstack/tls/tls.crt",
+            "GENSTACK_TLS_KEY_FILE": "/etc/genstack/tls/tls.key"}
         if d["metadata"]["labels"]["genstack.dev/service"] == "retriever":
             key = env["GENSTACK_RETRIEVER_WEAVIATE_API_KEY"]["valueFrom"]["secretKeyRef"]
             assert key["name"] == "genstack-weaviate"
@@ -493,5 +503,7 @@ def test_console_component_serves_the_page_next_to_the_orchestrator(rendered):
     # no secret of its own: no token file, no auth volume (a person types a token into the page)
     assert "GENSTACK_AUTH_TOKEN_FILE" not in {e["name"] for e in c.get("env", [])}
     assert "auth" not in {v["name"] for v in console["spec"]["template"]["spec"]["volumes"]}
+    # it dials the orchestrator over TLS: the CA only, no server certificate
+    assert {e["name"]: e["value"] for e in c["env"]} == {"GENSTACK_TLS_CA_FILE": "/etc/genstack/tls/ca.crt"}
     assert _by_kind(docs, "NetworkPolicy")["console-ingress"]["spec"]["ingress"] == [
         {"ports": [{"port": "http", "protocol": "TCP"}]}]
