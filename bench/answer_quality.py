@@ -171,7 +171,14 @@ _CITE = re.compile(r"\[\d+(?:\s*,\s*\d+)*\]")
 def norm(text: str) -> str:
     text = _CITE.sub(" ", text).lower().replace("\u2019", "'")
     text = re.sub(r"(?<=\d),(?=\d{3})", "", text)
+    text = re.sub(r"(?<![0-9a-z_])-d(?=[a-z_]+_[a-z_])", "", text)  # a compile flag -DSQLITE_X names SQLITE_X
     return " ".join(text.split())
+
+
+def mentions(text: str, accepted: str) -> bool:
+    """`accepted` as a whole token run of `text`: "0" is not in "100", "2" is not in "2.5" or "x2"."""
+    pattern = r"(?<![0-9a-z_])" + re.escape(accepted) + r"(?![0-9a-z_])(?!\.\d)"
+    return re.search(pattern, text) is not None
 
 
 def score(q: dict, job) -> dict:
@@ -188,7 +195,7 @@ def score(q: dict, job) -> dict:
     if q.get("unanswerable"):
         out["honest"] = not a.answered
         return out
-    right = a.answered and any(norm(ans) in norm(a.answer) for ans in q["answers"])
+    right = a.answered and any(mentions(norm(a.answer), norm(ans)) for ans in q["answers"])
     out.update(right=right, cited_right=bool(cited_pages & pages), retrieved=bool(retrieved_pages & pages),
                wrong_passed=out["passed"] and a.answered and not right)
     return out
