@@ -180,6 +180,9 @@ def tidy_answer(answer: str, max_sentences: int = 2) -> str:
     removed, and with max_sentences > 0 only the first sentences are kept (small models sometimes
     paste the source after the answer)."""
     text = re.sub(r"^\s*(answer\s*:\s*)", "", answer.strip(), flags=re.IGNORECASE)
+    # the retry prompt's own labels, echoed by a small model ("The reviewer points at: ...")
+    text = re.sub(r"^\s*(the\s+)?(reviewer points at|reviewer's feedback|an earlier answer was rejected)\s*:\s*", "",
+                  text, flags=re.IGNORECASE)
     if _REFUSAL.search(text):
         rest = _substance(text)
         if rest and len(_content_words(rest)) >= 1 and rest != text:

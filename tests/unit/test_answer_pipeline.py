@@ -124,6 +124,8 @@ def test_best_attempt_prefers_a_pass_then_the_score_then_an_answer():
      "The default is 4096 [1]. It can be changed."),
     ("2000 [1]\n[1] The default setting for SQLITE_MAX_COLUMN is 2000.", "2000 [1]"),
     ("The sources do not contain the answer.", "The sources do not contain the answer."),
+    # the retry prompt's label, echoed (seen in bench/answer_quality.py on question sq08)
+    ("The reviewer points at: The limit is 1000 [1].", "The limit is 1000 [1]."),
 ])
 def test_tidy_answer_never_keeps_a_refusal_after_an_answer_nor_a_pasted_source(raw, tidy):
     assert ctxmod.tidy_answer(raw, 2) == tidy
