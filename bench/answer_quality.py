@@ -189,7 +189,9 @@ def score(q: dict, job) -> dict:
     pages = set(q.get("pages") or [q.get("page")])
     cited_pages = {c.source.split("/", 1)[-1] for c in a.citations if c.cited}
     retrieved_pages = {c.source.split("/", 1)[-1] for c in a.citations}
+    failed = [f"{r.name}: {r.message}"[:200] for r in a.verdict.results if not r.passed and not r.advisory]
     out = {"id": q["id"], "answer": a.answer, "answered": a.answered, "attempts": a.attempts, "model": a.model,
+           "rejected_answer": a.rejected_answer, "failed_checks": failed,
            "passed": job.state == pb.JOB_STATE_SUCCEEDED, "error": job.error_code if job.error_code not in (
                "", "FAILED_PRECONDITION") else job.error_code}
     if q.get("unanswerable"):
