@@ -48,7 +48,6 @@ def inproc_api(service: str) -> ServiceApi:
         return api
 
 
-@atexit.register
 def _inproc_identity() -> Identity | None:
     """Whom an in-process call is made as: the principal a job acts for, as over gRPC (so tenancy
     applies alike on every transport), else the caller's own identity."""
@@ -56,6 +55,7 @@ def _inproc_identity() -> Identity | None:
     return Identity(acting) if acting else None
 
 
+@atexit.register
 def _close_inproc_apis() -> None:
     for api in list(_inproc_apis.values()):
         api.close()

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import datetime
 import json
+import shutil
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 from cryptography import x509
@@ -19,7 +22,32 @@ from cryptography.x509.oid import NameOID
 
 from tests.support import ROOT, ServiceProcess
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server (see .ci/run)")]
+
+
+@pytest.fixture()
+def private_redis(tmp_path):
+    """A redis-server of this test's own: the suite's session-wide workers (unsigned) consume the same
+    queues on the shared Redis and would take the signed messages first."""
+    import redis
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    for _ in range(100):
+        try:
+            if redis.Redis.from_url(url).ping():
+                break
+        except redis.ConnectionError:
+            time.sleep(0.1)
+    yield url
+    proc.terminate()
+    proc.wait(10)
 
 PRODUCER = r"""
 import json, sys
@@ -74,7 +102,7 @@ def _produce(env: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_workers_run_only_signed_task_messages(tmp_path, monkeypatch):
+def test_workers_run_only_signed_task_messages(tmp_path, private_redis):
     import os
 
     store = tmp_path / "trusted"
@@ -84,8 +112,12 @@ def test_workers_run_only_signed_task_messages(tmp_path, monkeypatch):
     other_key, other_cert = _signer(tmp_path, "stranger")  # a valid signature, but not a trusted signer
     signing = {"GENSTACK_CELERY_SIGNING_KEY_FILE": key, "GENSTACK_CELERY_SIGNING_CERT_FILE": cert,
                "GENSTACK_CELERY_SIGNING_CERT_STORE": str(store)}
-    base = {**os.environ, "GENSTACK_VALIDATOR_WARM_UP_MODELS": "false", "PYTHONUNBUFFERED": "1"}
-    with SignedWorker("validator", "worker", env={**signing, "GENSTACK_VALIDATOR_WARM_UP_MODELS": "false"}):
+    base = {**os.environ, "GENSTACK_VALIDATOR_WARM_UP_MODELS": "false", "PYTHONUNBUFFERED": "1",
+            "GENSTACK_REDIS_URL": private_redis}
+    for var in ("GENSTACK_BROKER_URL", "GENSTACK_RESULT_BACKEND"):
+        base.pop(var, None)
+    with SignedWorker("validator", "worker", env={**signing, "GENSTACK_VALIDATOR_WARM_UP_MODELS": "false",
+                                                  "GENSTACK_REDIS_URL": private_redis}):
         signed = _produce({**base, **signing})
         assert signed["state"] == "SUCCESS" and signed["result"]["passed"] is True, signed
 

@@ -20,6 +20,7 @@ import grpc
 import pytest
 import redis
 from google.protobuf import json_format
+from kombu.exceptions import OperationalError
 
 from genstack.generator.v1 import generator_pb2 as gpb
 from genstack.orchestrator.v1 import orchestrator_pb2 as pb
@@ -109,7 +110,13 @@ class Proc(ServiceProcess):
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
                     self._fail("exited during start-up")
-                replies = app.control.ping(timeout=1.0) or []
+                try:
+                    replies = app.control.ping(timeout=1.0) or []
+                except (redis.ConnectionError, OSError, OperationalError) as exc:  # Redis restarted earlier
+                    log_line = f"ping failed ({type(exc).__name__}); retrying"
+                    self.lines.append(log_line)
+                    time.sleep(0.5)
+                    continue
                 if any(name.startswith(f"{self.service}@") for reply in replies for name in reply):
                     return
             self._fail("never answered a ping")
@@ -316,36 +323,6 @@ def test_redis_killed_and_restarted_loses_nothing_accepted(stack):
     assert c["cancelled"] == 0 or "OK" in codes["CancelJob"]
 
 
-def test_redis_killed_while_workers_hold_tasks_strands_none(stack):
-    """Tasks received or running when the broker dies are neither lost nor left in `unacked`: each
-    result arrives after Redis comes back (redelivered after the visibility timeout if need be)."""
-    from shared.celery_app import make_celery
-
-    env = stack["env"]
-    worker = Proc("generator", "worker", env, broker=stack["redis"].url)
-    start_all([worker])
-    app = make_celery(Settings(redis_url=stack["redis"].url))
-    try:
-        sent = [app.send_task("generator.generate", args=[{"prompt": f"Name a colour, {i}:", "sampling": {
-            "maxNewTokens": 6, "temperature": 0}}], kwargs={"deadline_s": 60}, queue="generator") for i in range(4)]
-        end = time.monotonic() + 120
-        while sent[0].state != "STARTED" and time.monotonic() < end:
-            time.sleep(0.05)
-        assert sent[0].state == "STARTED", "the first task never started: the outage would hit an idle worker"
-        stack["redis"].kill()
-        time.sleep(3)
-        stack["redis"].start()
-        results = [r.get(timeout=240) for r in sent]
-        unacked = redis.Redis.from_url(stack["redis"].url).hlen("unacked")
-        COUNTS["Redis SIGKILL with tasks on a worker"] = {
-            "sent": len(sent), "results": sum(bool(r.get("text")) for r in results), "left_unacked": unacked}
-        print(COUNTS["Redis SIGKILL with tasks on a worker"])
-        assert all(r.get("text") for r in results) and unacked == 0
-    finally:
-        worker.stop(timeout=10)
-        app.close()
-
-
 def test_generator_restarted_during_a_batch_its_jobs_succeed_through_retries(stack):
     ids = submit(stack, 6)
     wait_for_state(stack, ids, pb.JOB_STATE_RUNNING)
@@ -412,4 +389,34 @@ def test_worker_sigkill_mid_task_orchestrator_and_generator_queues(stack):
     finally:
         for w in stack_extra:
             w.stop(timeout=10)
+        app.close()
+
+
+def test_redis_killed_while_workers_hold_tasks_strands_none(stack):
+    """Tasks received or running when the broker dies are neither lost nor left in `unacked`: each
+    result arrives after Redis comes back (redelivered after the visibility timeout if need be)."""
+    from shared.celery_app import make_celery
+
+    env = stack["env"]
+    worker = Proc("generator", "worker", env, broker=stack["redis"].url)
+    start_all([worker])
+    app = make_celery(Settings(redis_url=stack["redis"].url))
+    try:
+        sent = [app.send_task("generator.generate", args=[{"prompt": f"Name a colour, {i}:", "sampling": {
+            "maxNewTokens": 6, "temperature": 0}}], kwargs={"deadline_s": 60}, queue="generator") for i in range(4)]
+        end = time.monotonic() + 120
+        while sent[0].state != "STARTED" and time.monotonic() < end:
+            time.sleep(0.05)
+        assert sent[0].state == "STARTED", "the first task never started: the outage would hit an idle worker"
+        stack["redis"].kill()
+        time.sleep(3)
+        stack["redis"].start()
+        results = [r.get(timeout=240) for r in sent]
+        unacked = redis.Redis.from_url(stack["redis"].url).hlen("unacked")
+        COUNTS["Redis SIGKILL with tasks on a worker"] = {
+            "sent": len(sent), "results": sum(bool(r.get("text")) for r in results), "left_unacked": unacked}
+        print(COUNTS["Redis SIGKILL with tasks on a worker"])
+        assert all(r.get("text") for r in results) and unacked == 0
+    finally:
+        worker.stop(timeout=10)
         app.close()
