@@ -224,14 +224,16 @@ def _is_genstack_image(image: str) -> bool:
     return last.split(":", 1)[0] == "genstack"
 
 
+#: the secrets docker-compose.yml requires (`${VAR:?...}`, no defaults): placeholders for checks that need no .env
+COMPOSE_SECRETS = {"REDIS_PASSWORD": "placeholder", "WEAVIATE_API_KEY": "placeholder"}
+
+
 def all_problems() -> list[str]:
     from deploy import kustomize_lite
 
     known = settings_env_vars()
     problems: list[str] = []
-    # the secrets compose requires (no defaults): placeholders, so the check needs no .env
-    compose_envs = compose_environments(load_compose(), {"REDIS_PASSWORD": "placeholder",
-                                                         "WEAVIATE_API_KEY": "placeholder"})
+    compose_envs = compose_environments(load_compose(), COMPOSE_SECRETS)
     for where, env in compose_envs.items():
         problems += check_names(env, f"docker-compose.yml:{where}", known)
         problems += check_values(env, f"docker-compose.yml:{where}")

@@ -63,7 +63,7 @@ def _env_example() -> dict[str, str]:
 
 
 #: compose refuses to start without these (no default password); any value will do for the checks
-SECRETS = {"REDIS_PASSWORD": "test-password", "WEAVIATE_API_KEY": "test-key"}
+SECRETS = consistency.COMPOSE_SECRETS
 
 
 def _interpolated(text: str, env: dict[str, str]):

@@ -31,7 +31,7 @@ def _compose_envs() -> dict[str, dict[str, str]]:
     """Each genstack container's environment: with .env.example, with nothing set, with GPUs."""
     compose = consistency.load_compose()
     envs = {}
-    secrets = {"REDIS_PASSWORD": "test-password", "WEAVIATE_API_KEY": "test-key"}  # compose requires them
+    secrets = consistency.COMPOSE_SECRETS  # compose requires them
     for label, values in (("env.example", {**_env_example(), **secrets}), ("defaults", secrets)):
         for name, env in consistency.compose_environments(compose, values).items():
             envs[f"docker-compose.yml[{label}]:{name}"] = env
