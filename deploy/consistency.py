@@ -33,6 +33,7 @@ PREFIX = "GENSTACK_"
 #: variables that are not genstack settings but are meant to be set
 OTHER_VARIABLES = {
     "REDIS_PASSWORD": "from the genstack-redis Secret; GENSTACK_REDIS_URL is assembled from it",
+    "REDIS_TLS": "read by KEDA's TriggerAuthentication (components/keda): its scaler reaches Redis over TLS",
     "SERVICE": "the image's entrypoint: which service to run",
     "ROLE": "the image's entrypoint: grpc or worker",
     "HF_HUB_OFFLINE": "huggingface_hub: never reach a model hub",

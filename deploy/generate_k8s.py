@@ -49,6 +49,8 @@ TLS_ENV = [
 TLS_MOUNT = {"name": "tls", "mountPath": TLS_DIR, "readOnly": True}
 TLS_VOLUME = {"name": "tls", "secret": {"secretName": TLS_SECRET, "defaultMode": 0o440}}
 REDIS_SECRET = "genstack-redis"
+#: KEDA's TriggerAuthentication for Redis over TLS (components/keda)
+KEDA_REDIS_AUTH = "genstack-redis-tls"
 #: every genstack process serves Prometheus metrics here (GENSTACK_METRICS_PORT; shared/metrics.py)
 METRICS_PORT = 9100
 #: the web console (`genstack console`), in components/console
@@ -151,6 +153,10 @@ def container(spec: ServiceSpec, role: str) -> dict:
     }
     if role == "grpc":
         c["ports"] = [{"name": "grpc", "containerPort": spec.port, "protocol": "TCP"}]
+    else:
+        # KEDA's TriggerAuthentication (components/keda) reads this: its scaler speaks TLS to Redis
+        c["env"].insert(c["env"].index(next(e for e in c["env"] if e["name"] == "GENSTACK_REDIS_URL")) + 1,
+                        {"name": "REDIS_TLS", "value": "enable"})
     c.setdefault("ports", []).append({"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"})
     if role == "grpc":
         # The probes ask grpc.health.v1 for the whole server (""): NOT_SERVING until the warm-up has
@@ -297,8 +303,11 @@ def service_documents(spec: ServiceSpec) -> list[dict]:
 
 
 def redis_url(password: str = "") -> str:
+    """Redis speaks TLS only (base/redis.yaml, the genstack-tls certificate); redis-py and Celery read
+    the CA and the verification mode from the URL."""
     auth = f":{password}@" if password else ""
-    return f"redis://{auth}{REDIS_SERVICE}:{REDIS_PORT}/{REDIS_DB}"
+    return (f"rediss://{auth}{REDIS_SERVICE}:{REDIS_PORT}/{REDIS_DB}"
+            f"?ssl_cert_reqs=required&ssl_ca_certs={TLS_DIR}/ca.crt")
 
 
 def config_map() -> dict:
@@ -360,7 +369,23 @@ def scaled_object(spec: ServiceSpec) -> dict:
                     "listLength": str(prof.queue_length_per_worker),
                     "activationListLength": "0",
                 },
+                # Redis speaks TLS only: KEDA checks its certificate against the genstack CA
+                "authenticationRef": {"name": KEDA_REDIS_AUTH},
             }],
+        },
+    }
+
+
+def keda_redis_auth() -> dict:
+    """TLS towards Redis for KEDA's scaler, with the CA from the genstack-tls Secret."""
+    return {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "TriggerAuthentication",
+        "metadata": {"name": KEDA_REDIS_AUTH, "labels": {"app.kubernetes.io/part-of": "genstack"}},
+        "spec": {
+            # read from the worker container's REDIS_TLS (like the password's passwordFromEnv)
+            "env": [{"parameter": "tls", "name": "REDIS_TLS"}],
+            "secretTargetRef": [{"parameter": "ca", "name": TLS_SECRET, "key": "ca.crt"}],
         },
     }
 
@@ -598,7 +623,8 @@ def render(specs: list[ServiceSpec] | None = None) -> dict[Path, str]:
         "kind": "Kustomization",
         "resources": [f"{s.name}.yaml" for s in specs],
     })
-    files[ROOT / "components" / "keda" / "scaledobjects.yaml"] = dump([scaled_object(s) for s in specs])
+    files[ROOT / "components" / "keda" / "scaledobjects.yaml"] = dump(
+        [keda_redis_auth(), *[scaled_object(s) for s in specs]])
     files[ROOT / "components" / "gpu" / "kustomization.yaml"] = gpu_component(specs)
     files[ROOT / "components" / "monitoring" / "kustomization.yaml"] = HEADER + _MONITORING_KUSTOMIZATION
     files[ROOT / "components" / "monitoring" / "monitoring.yaml"] = dump(monitoring_documents(specs))

@@ -1,6 +1,6 @@
 """TLS material for the Kubernetes deployment's `genstack-tls` Secret: a private CA and one server
-certificate whose names cover every genstack Service in the namespace (short, `.svc` and
-`.svc.cluster.local` forms) plus loopback, so every server can present it and every client,
+certificate whose names cover every genstack Service in the namespace, Redis included (short, `.svc`
+and `.svc.cluster.local` forms), plus loopback, so every server can present it and every client,
 health probes included, can check it against the CA.
 
     python -m deploy.tls --out ./tls [--namespace genstack] [--days 365]
@@ -32,7 +32,7 @@ def dns_names(namespace: str) -> list[str]:
     from shared.services import implemented_services
 
     names: list[str] = []
-    for service in [*implemented_services(), "console"]:
+    for service in [*implemented_services(), "console", "redis"]:
         names += [service, f"{service}.{namespace}", f"{service}.{namespace}.svc",
                   f"{service}.{namespace}.svc.cluster.local"]
     return [*names, "localhost"]

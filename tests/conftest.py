@@ -14,6 +14,17 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ.setdefault("GENSTACK_GENERATOR_DEFAULT_MODEL", "smollm2-135m")
 os.environ.setdefault("GENSTACK_REDIS_URL", "redis://127.0.0.1:6379/15")
+_secure_redis = None
+if os.environ.get("GENSTACK_TEST_SECURE_REDIS", "").lower() in ("1", "true", "yes"):
+    # The whole suite against a Redis locked down as in production (issue 21): the default user off,
+    # an ACL user with a password for the services, TLS only. Started here, before settings are read.
+    import atexit
+
+    from tests.support import PrivateRedis
+
+    _secure_redis = PrivateRedis(Path(tempfile.mkdtemp(prefix="genstack-test-redis-")), acl=True, tls=True).start()
+    atexit.register(_secure_redis.stop)
+    os.environ["GENSTACK_REDIS_URL"] = _secure_redis.url
 os.environ.setdefault("GENSTACK_LOG_LEVEL", "WARNING")
 # Tests run several model processes at once (servers, workers, this one): one torch thread each
 # avoids OpenMP oversubscription, which slowed a prefill 7x here.

@@ -117,3 +117,104 @@ class ServiceProcess:
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PrivateRedis:
+    """A redis-server of a test's own on a free loopback port, optionally locked down the way a
+    production Redis is: the default user off, one ACL user per role (`acl`), and TLS only (`tls`,
+    with a private CA from deploy.tls). `url` is what genstack's services are given."""
+
+    PASSWORD = "s3cret-for-tests"
+
+    def __init__(self, folder: Path, acl: bool = False, tls: bool = False, extra: tuple[str, ...] = ()):
+        self.folder, self.acl, self.tls, self.extra = Path(folder), acl, tls, extra
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        self.ca_file: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return self.url_for("genstack", self.PASSWORD) if self.acl else self._url("")
+
+    def url_for(self, user: str, password: str) -> str:
+        return self._url(f"{user}:{password}@")
+
+    def _url(self, auth: str) -> str:
+        if not self.tls:
+            return f"redis://{auth}127.0.0.1:{self.port}/0"
+        # redis-py and Celery both read the CA and the verification mode from the URL's query
+        return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_cert_reqs=required&ssl_ca_certs={self.ca_file}"
+
+    def start(self) -> PrivateRedis:
+        args = ["redis-server", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--dir", str(self.folder), *self.extra]
+        if self.acl:
+            acl_file = self.folder / "users.acl"
+            # the default user is off; genstack's services get everything but administration; an
+            # operator's read-only role (dashboards) reads but cannot write
+            acl_file.write_text(
+                "user default off\n"
+                f"user genstack on >{self.PASSWORD} ~* &* +@all -@admin -flushall -flushdb -debug\n"
+                f"user observer on >{self.PASSWORD}-ro ~* &* +@read +ping -@admin\n")
+            args += ["--aclfile", str(acl_file)]
+        if self.tls:
+            from deploy.tls import issue
+
+            paths = issue(self.folder / "tls")
+            self.ca_file = paths["ca.crt"]
+            args += ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(paths["tls.crt"]),
+                     "--tls-key-file", str(paths["tls.key"]), "--tls-ca-cert-file", str(self.ca_file),
+                     "--tls-auth-clients", "no"]
+        else:
+            args += ["--port", str(self.port)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 15) -> None:
+        import redis
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode} during start-up")
+            try:
+                with redis.Redis.from_url(self.url, socket_timeout=1) as client:
+                    if client.ping():
+                        return
+            except (redis.ConnectionError, redis.TimeoutError):
+                time.sleep(0.1)
+        raise RuntimeError(f"private redis-server did not answer on port {self.port}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def __enter__(self) -> PrivateRedis:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def redis_db_url(url: str, db: int) -> str:
+    """The same Redis (credentials, TLS options) with another database number."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    return urlunsplit(urlsplit(url)._replace(path=f"/{db}"))
+
+
+def redis_db(url: str) -> int:
+    from urllib.parse import urlsplit
+
+    return int(urlsplit(url).path.strip("/") or 0)

@@ -37,9 +37,9 @@ _warned: list[bool] = []
 def _weaviate_redis_url() -> str:
     # the Weaviate-backed worker listens on the same queue name, so it gets its own Redis database
     from shared.config import get_settings
+    from tests.support import redis_db_url
 
-    base, _, _db = get_settings().redis_url.rpartition("/")
-    return f"{base}/14"
+    return redis_db_url(get_settings().redis_url, 14)
 
 
 @pytest.fixture(scope="module", params=[(b, t) for b in BACKENDS for t in TRANSPORTS],

@@ -13,8 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from genstack.validator.v1 import validator_pb2 as pb
 from shared.clients.validator import ValidatorClient
-from shared.config import Settings
-from tests.support import ServiceProcess
+from shared.config import Settings, get_settings
+from tests.support import ServiceProcess, redis_db, redis_db_url
 
 pytestmark = pytest.mark.slow
 
@@ -44,9 +44,9 @@ def _value(samples, name, **labels) -> float:
 
 def test_a_server_and_a_worker_serve_their_metrics(redis_client):
     # a Redis database of its own: the session's validator worker (contract tests) must not take the task
-    broker = redis_client.connection_pool.connection_kwargs
-    db = broker.get("db", 0)
-    url = f"redis://{broker['host']}:{broker['port']}/{db - 1 if db > 0 else 1}"
+    configured = get_settings().redis_url
+    db = redis_db(configured)
+    url = redis_db_url(configured, db - 1 if db > 0 else 1)
     redis.Redis.from_url(url).delete("validator")
     env = {"GENSTACK_METRICS_PORT": "0", "GENSTACK_VALIDATOR_WARM_UP_MODELS": "false", "GENSTACK_REDIS_URL": url}
     request = pb.ValidateRequest(artifact=pb.Artifact(text='{"a": 1}'), policy="json-output")

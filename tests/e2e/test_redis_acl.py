@@ -1,63 +1,35 @@
-"""genstack on a Redis that requires a password, with an ACL user per role and the default user
-off: a private redis-server, a queued job through two real Celery workers (orchestrator and
-generator), and no access without credentials."""
+"""genstack on a Redis that requires a password, with an ACL user per role, the default user off and
+TLS only (rediss://): a private redis-server, a queued job through two real Celery workers
+(orchestrator and generator), and no access without credentials or without TLS.
+
+`GENSTACK_TEST_SECURE_REDIS=1 make test` runs the whole suite on such a Redis (tests/conftest.py)."""
 
 from __future__ import annotations
 
 import shutil
-import socket
-import subprocess
-import time
 
 import pytest
 import redis
 
-from tests.support import ServiceProcess
+from tests.support import PrivateRedis, ServiceProcess
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server (see .ci/run)")]
 
-PASSWORD = "s3cret-for-tests"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def acl_redis(tmp_path_factory):
-    port = _free_port()
-    folder = tmp_path_factory.mktemp("redis-acl")
-    (folder / "users.acl").write_text(
-        # the default user is off; genstack's services get everything but administration; an
-        # operator's read-only role (dashboards) reads but cannot write
-        "user default off\n"
-        f"user genstack on >{PASSWORD} ~* &* +@all -@admin -flushall -flushdb -debug\n"
-        f"user observer on >{PASSWORD}-ro ~* &* +@read +ping -@admin\n")
-    proc = subprocess.Popen([
-        "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-        "--dir", str(folder), "--aclfile", str(folder / "users.acl"),
-    ], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://genstack:{PASSWORD}@127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    for _ in range(100):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.1)
-    yield port, url
-    proc.terminate()
-    proc.wait(10)
+    with PrivateRedis(tmp_path_factory.mktemp("redis-acl"), acl=True, tls=True) as server:
+        yield server
 
 
-def test_without_credentials_redis_refuses(acl_redis):
-    port, _ = acl_redis
+def test_without_credentials_or_tls_redis_refuses(acl_redis):
     with pytest.raises(redis.AuthenticationError):
-        redis.Redis(port=port).ping()
-    observer = redis.Redis(port=port, username="observer", password=f"{PASSWORD}-ro")
+        redis.Redis.from_url(acl_redis._url("")).ping()  # TLS, but no user: the default user is off
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis(port=acl_redis.port, username="genstack", password=acl_redis.PASSWORD,
+                    socket_timeout=2).ping()  # the right password in plain text: TLS only
+    observer = redis.Redis.from_url(acl_redis.url_for("observer", f"{acl_redis.PASSWORD}-ro"))
     assert observer.ping()
     with pytest.raises(redis.exceptions.NoPermissionError):
         observer.set("genstack:cancel:x", "1")  # a read-only role cannot cancel anyone's work
@@ -67,7 +39,7 @@ def test_a_queued_job_runs_through_workers_on_the_acl_redis(acl_redis):
     from shared.celery_app import make_celery
     from shared.config import Settings
 
-    _, url = acl_redis
+    url = acl_redis.url  # rediss://genstack:...@127.0.0.1:port/0?ssl_cert_reqs=required&ssl_ca_certs=...
     env = {"GENSTACK_REDIS_URL": url, "GENSTACK_TRANSPORT": "celery", "GENSTACK_ORCHESTRATOR_STORE": "redis"}
     with ServiceProcess("generator", "worker", env=env), ServiceProcess("orchestrator", "worker", env=env):
         app = make_celery(Settings(redis_url=url))

@@ -17,7 +17,7 @@ import json
 import re
 import shutil
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 import jsonschema
 import pytest
@@ -31,6 +31,7 @@ from shared.services import SERVICES, implemented_services
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
 KEDA_SCHEMA = json.loads((REPO / "tests" / "data" / "keda-scaledobject.schema.json").read_text())
+KEDA_AUTH_SCHEMA = json.loads((REPO / "tests" / "data" / "keda-triggerauthentication.schema.json").read_text())
 SERVICEMONITOR_SCHEMA = json.loads((REPO / "tests" / "data" / "servicemonitor.schema.json").read_text())
 #: oldest Kubernetes we support (native gRPC probes are GA from 1.27) and the newest schemas shipped
 K8S_VERSIONS = ("1.27.0", kv.latest_version())
@@ -91,7 +92,8 @@ def _validate(doc: dict) -> list[str]:
     """Errors of one resource; a kind without a schema is an error too (nothing passes unchecked)."""
     name = f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
     if doc.get("apiVersion", "").startswith(("keda.sh/", "monitoring.coreos.com/")):
-        schema = KEDA_SCHEMA if doc["apiVersion"].startswith("keda.sh/") else SERVICEMONITOR_SCHEMA
+        schema = ({"TriggerAuthentication": KEDA_AUTH_SCHEMA}.get(doc.get("kind"), KEDA_SCHEMA)
+                  if doc["apiVersion"].startswith("keda.sh/") else SERVICEMONITOR_SCHEMA)
         validator = jsonschema.Draft202012Validator(schema)
         return [f"{name}: {'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(doc)]
     errors = []
@@ -336,6 +338,13 @@ def test_keda_scales_one_worker_deployment_per_queue(rendered, target):
         assert host == f"{url.hostname}.{NAMESPACE}.svc.cluster.local" and int(port) == url.port
         assert meta["databaseIndex"] == url.path.lstrip("/")
         assert obj["spec"]["minReplicaCount"] <= obj["spec"]["maxReplicaCount"]
+        # Redis speaks TLS only: the scaler's TriggerAuthentication turns TLS on (from the worker's
+        # REDIS_TLS) and trusts the genstack CA
+        auth = _by_kind(docs, "TriggerAuthentication")[trigger["authenticationRef"]["name"]]["spec"]
+        worker_env = {e["name"]: e.get("value") for e in
+                      deployments[target_name]["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert [e["parameter"] for e in auth["env"]] == ["tls"] and worker_env[auth["env"][0]["name"]] == "enable"
+        assert auth["secretTargetRef"] == [{"parameter": "ca", "name": "genstack-tls", "key": "ca.crt"}]
     # every queue in the code has exactly one scaler, on its own service's worker
     assert queues == {SERVICES[name].queue: name for name in IMPLEMENTED}
     for d in deployments.values():
@@ -435,7 +444,11 @@ def test_pods_require_tokens_and_reach_redis_with_its_password(rendered):
         env = {e["name"]: e for e in pod["containers"][0]["env"]}
         assert env["GENSTACK_AUTH_TOKENS_FILE"]["value"].startswith("/etc/genstack/auth/"), d["metadata"]["name"]
         assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "genstack-redis"
-        assert env["GENSTACK_REDIS_URL"]["value"] == "redis://:$(REDIS_PASSWORD)@redis:6379/0"
+        # Redis speaks TLS only: the URL checks its certificate against the genstack CA
+        url = urlparse(env["GENSTACK_REDIS_URL"]["value"])
+        assert (url.scheme, url.password, url.hostname, url.port, url.path) == (
+            "rediss", "$(REDIS_PASSWORD)", "redis", 6379, "/0")
+        assert parse_qs(url.query) == {"ssl_cert_reqs": ["required"], "ssl_ca_certs": ["/etc/genstack/tls/ca.crt"]}
         assert list(env).index("REDIS_PASSWORD") < list(env).index("GENSTACK_REDIS_URL"), "$(VAR) needs it first"
         volumes = {v["name"]: v for v in pod["volumes"]}
         assert volumes["auth"]["secret"]["secretName"] == "genstack-auth"
