@@ -75,7 +75,8 @@ class EmbeddingSettings(ServiceSettings):
         "exported graph, float32), 'onnx-int8' (the same graph with int8 feed-forward weights), or 'auto' "
         "(the fastest whose vectors meet the quality bounds here: see bench/RESULTS.md)",
     )
-    threads: int = Field(0, description="ONNX Runtime intra-op threads; 0 = the torch thread count")
+    threads: int = Field(0, description="ONNX Runtime intra-op threads; 0 = GENSTACK_TORCH_THREADS where set, "
+                         "else every core this process may use")
 
 
 class Embedder:
@@ -334,17 +335,27 @@ def _quantise(src: Path, out: Path) -> None:
                      op_types_to_quantize=["MatMul"], extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
+def onnx_threads(settings: EmbeddingSettings) -> int:
+    """GENSTACK_EMBEDDING_THREADS, else GENSTACK_TORCH_THREADS where the operator (or `genstack up`,
+    or a pod's CPU limit) set it, else every core this process may use: ingest is batch work, and
+    two threads embedded 2x the chunks per second of one on 2 cores (bench/RESULTS.md)."""
+    if settings.threads > 0:
+        return settings.threads
+    from shared.config import get_settings
+    from shared.runtime import available_cores
+
+    return get_settings().torch_threads if get_settings().torch_threads > 0 else available_cores()
+
+
 def _open_session(path: Path, settings: EmbeddingSettings):
     import onnxruntime as ort
 
-    threads = settings.threads
-    if threads <= 0:
-        import torch
-
-        threads = torch.get_num_threads()
     options = ort.SessionOptions()
-    options.intra_op_num_threads = max(1, threads)
+    options.intra_op_num_threads = onnx_threads(settings)
     options.inter_op_num_threads = 1
+    # Idle pool threads block instead of spinning, so a second thread costs a neighbour (the
+    # generator in the same process, another service on the core) nothing between batches.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return session, tuple(i.name for i in session.get_inputs())

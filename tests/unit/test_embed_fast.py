@@ -83,6 +83,18 @@ def test_unknown_runtime_is_refused():
         Embedder(EmbeddingSettings(runtime="tensorrt"))
 
 
+def test_onnx_threads_follow_the_settings(monkeypatch):
+    from shared import config, runtime
+    from shared.embeddings import EmbeddingSettings, onnx_threads
+
+    monkeypatch.setattr(runtime, "available_cores", lambda: 6)
+    assert onnx_threads(EmbeddingSettings(threads=3)) == 3  # the embedding's own setting wins
+    monkeypatch.setattr(config, "get_settings", lambda: config.Settings(torch_threads=2))
+    assert onnx_threads(EmbeddingSettings()) == 2  # then what the operator (or a pod's limit) gave torch
+    monkeypatch.setattr(config, "get_settings", lambda: config.Settings(torch_threads=0))
+    assert onnx_threads(EmbeddingSettings()) == 6  # else every core this process may use
+
+
 # -- BM25 in memory == FTS5 ---------------------------------------------------------------------------------
 
 VOCAB = ("alpha beta gamma delta running runner runs ran café naive naïve zeta eta theta iota kappa "
