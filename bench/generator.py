@@ -134,7 +134,19 @@ def _burst(engine, lm, n: int, tokens: int) -> dict:
     ttft = [(st[0] - start) * 1000 for st in stamps if st]
     itl = [(b - a) * 1000 for st in stamps for a, b in zip(st, st[1:], strict=False)]
     return {"tps": sum(counts) / (end - start), "ttft_p50": _pct(ttft, 50), "ttft_p99": _pct(ttft, 99),
-            "itl_p50": _pct(itl, 50), "itl_p99": _pct(itl, 99), "tokens": sum(counts)}
+            "itl_p50": _pct(itl, 50), "itl_p99": _pct(itl, 99), "tokens": sum(counts), "ttft": ttft, "itl": itl}
+
+
+def _bursts(engine, lm, n: int, tokens: int, runs: int) -> dict:
+    """`runs` bursts: the median aggregate tokens/s, latency percentiles over every stream of every run
+    (one burst of one stream is a few seconds: too noisy for a ratio on its own)."""
+    import statistics
+
+    results = [_burst(engine, lm, n, tokens) for _ in range(max(1, runs))]
+    ttft = [v for r in results for v in r["ttft"]]
+    itl = [v for r in results for v in r["itl"]]
+    return {"tps": statistics.median(r["tps"] for r in results), "ttft_p50": _pct(ttft, 50),
+            "ttft_p99": _pct(ttft, 99), "itl_p50": _pct(itl, 50), "itl_p99": _pct(itl, 99)}
 
 
 def _prefix_reuse(lm, runs: int) -> tuple[float, float, bool]:
@@ -190,7 +202,8 @@ def concurrency(args) -> int:
 
     levels = [int(x) for x in args.concurrency.split(",")]
     core = GeneratorCore()
-    print(f"\ngenerator concurrency: greedy, {args.tokens} new tokens per stream, torch threads "
+    print(f"\ngenerator concurrency: greedy, {args.tokens} new tokens per stream, median tokens/s of "
+          f"{args.runs} bursts per row, torch threads "
           f"{torch.get_num_threads()}, {os.cpu_count()} CPUs (machine shared with other work)", flush=True)
     header = (f"{'model':<14} {'engine':<10} {'N':>2} {'tok/s':>7} {'x N=1':>6} {'TTFT p50':>9} {'p99':>7} "
               f"{'ITL p50':>8} {'p99':>7} {'ITL x N=1':>9}")
@@ -203,7 +216,7 @@ def concurrency(args) -> int:
             base = {}
             for n in levels:
                 for name, engine in engines.items():
-                    r = _burst(engine, lm, n, args.tokens)
+                    r = _bursts(engine, lm, n, args.tokens, args.runs)
                     base.setdefault(name, r)
                     print(f"{model:<14} {name:<10} {n:>2} {r['tps']:>7.2f} {r['tps'] / base[name]['tps']:>6.2f} "
                           f"{r['ttft_p50']:>9.0f} {r['ttft_p99']:>7.0f} {r['itl_p50']:>8.0f} {r['itl_p99']:>7.0f} "

@@ -25,8 +25,8 @@ class GeneratorSettings(ServiceSettings):
     max_context_tokens: int = Field(0, description="Cap on prompt+completion tokens (0: the model's own context)")
     max_queue: int = Field(64, description="Requests waiting per model before RESOURCE_EXHAUSTED")
     engine: str = Field(
-        "sequential", description="'batching': continuous batching, running requests decode together "
-        "(services/generator/batching.py); 'sequential': one request at a time"
+        "batching", description="'batching': continuous batching, running requests decode together "
+        "(services/generator/batching.py); 'sequential': one request at a time per model"
     )
     max_batch_size: int = Field(8, description="Requests decoding together per model (batching engine)")
     max_batch_tokens: int = Field(

@@ -177,3 +177,33 @@ def test_deadline_exceeded(client):
     assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
     nxt = client.generate(req(temperature=0, max_new_tokens=2), timeout=60)
     assert nxt.stats.queue_ms < 2000
+
+
+def test_eight_concurrent_requests_keep_their_own_settings(client, reference):
+    """Eight requests at once (the default engine decodes them as one batch): greedy equals the request
+    alone, seeds reproduce, stop sequences and log-probs hold per request, and nothing mixes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    other = "def fibonacci(n):"
+    alone_other = client.generate(req(other, temperature=0), timeout=120).text
+    words = reference["greedy"].text.split()
+    stop = " " + words[2]
+    logprobs = pb.OutputOptions(logprobs=True, top_logprobs=2)
+    requests = {
+        "greedy-1": req(temperature=0), "greedy-2": req(temperature=0), "greedy-3": req(temperature=0),
+        "other-1": req(other, temperature=0), "other-2": req(other, temperature=0),
+        "seeded-1": req(temperature=0.9, top_p=0.95, top_k=50, seed=1234),
+        "stop": req(temperature=0, stop=[stop]),
+        "logprobs": req(temperature=0, output=logprobs),
+    }
+    with ThreadPoolExecutor(len(requests)) as pool:
+        futures = {name: pool.submit(client.generate, r, timeout=300) for name, r in requests.items()}
+        got = {name: f.result() for name, f in futures.items()}
+    greedy = reference["greedy"].text
+    assert [got[f"greedy-{i}"].text for i in (1, 2, 3)] == [greedy] * 3
+    assert [got[f"other-{i}"].text for i in (1, 2)] == [alone_other] * 2 and alone_other != greedy
+    assert got["seeded-1"].text == reference["seeded"].text and got["seeded-1"].seed == 1234
+    assert got["stop"].text == greedy[: greedy.index(stop)] and got["stop"].finish_reason == pb.FINISH_REASON_STOP
+    assert got["logprobs"].text == greedy and len(got["logprobs"].logprobs) >= got["logprobs"].stats.completion_tokens
+    assert all(len(step.top) == 2 for step in got["logprobs"].logprobs)
+    assert not any(r.logprobs for name, r in got.items() if name != "logprobs")  # only the one that asked
