@@ -52,6 +52,7 @@ def run_mode(transport: str, jobs: int) -> dict:
         Settings(transport=transport),
     )
     overhead, total, inside = [], [], []
+    per_step: dict[str, list[float]] = {}
     for i in range(jobs + 3):
         t0 = time.perf_counter()
         job, _ = core.create(pb.SubmitJobRequest(answer=pb.AnswerInput(
@@ -65,12 +66,16 @@ def run_mode(transport: str, jobs: int) -> dict:
         if i < 3:
             continue  # warm-up: connections, caches
         service_ms = sum(s.service_ms for s in record.steps)
+        for s in record.steps:  # where the overhead goes: each step's wall time outside its service
+            per_step.setdefault(s.name, []).append(s.duration_ms - s.service_ms)
         total.append(wall_ms)
         inside.append(service_ms)
         overhead.append(wall_ms - service_ms)
     core.close()
+    steps = {name: statistics.median(v) for name, v in per_step.items()}
     return {"p50": statistics.median(overhead), "p99": percentile(overhead, 99), "total": statistics.median(total),
-            "inside": statistics.median(inside)}
+            "inside": statistics.median(inside), "steps": steps,
+            "between": statistics.median(overhead) - sum(steps.values())}
 
 
 def main() -> int:
@@ -96,7 +101,9 @@ def main() -> int:
         results = {}
         for transport in ("grpc", "celery"):
             results[transport] = r = run_mode(transport, args.jobs)
-            print(f"{transport}: overhead p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms", flush=True)
+            print(f"{transport}: overhead p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms; per step, outside the "
+                  "service (median ms): " + ", ".join(f"{k} {v:.1f}" for k, v in r["steps"].items())
+                  + f"; outside the steps {r['between']:.1f}", flush=True)
             time.sleep(1)
     finally:
         for p in reversed(procs):

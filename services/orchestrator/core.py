@@ -53,6 +53,10 @@ MAX_OFFSET = 10**9
 FINAL_STATES = (opb.JOB_STATE_SUCCEEDED, opb.JOB_STATE_FAILED, opb.JOB_STATE_CANCELLED)
 
 
+#: how often the cancel watcher asks the store about the running jobs (a cancel's latency)
+CANCEL_POLL_S = 0.05
+
+
 @dataclass
 class _Held:
     """A job whose lease this process holds: queued in the pool (future) or running (run)."""
@@ -83,6 +87,8 @@ class OrchestratorCore:
         self._stopping = threading.Event()
         self._maintainer: threading.Thread | None = None
         self._recovering = False
+        self._cancel_watcher: threading.Thread | None = None
+        self._runs_started = threading.Event()
 
     def _make_store(self) -> JobStore:
         kind = self.settings.store
@@ -138,6 +144,35 @@ class OrchestratorCore:
             if self._maintainer is None or not self._maintainer.is_alive():
                 self._maintainer = threading.Thread(target=self._maintain, name="job-leases", daemon=True)
                 self._maintainer.start()
+
+    def _start_cancel_watcher(self) -> None:
+        with self._lock:
+            if self._cancel_watcher is None or not self._cancel_watcher.is_alive():
+                self._cancel_watcher = threading.Thread(target=self._watch_cancels, name="job-cancels", daemon=True)
+                self._cancel_watcher.start()
+        self._runs_started.set()
+
+    def _watch_cancels(self) -> None:
+        """Every CANCEL_POLL_S, ask the store about all the jobs running here in one call and flag the
+        cancelled ones, so that a running job sees a cancel from any replica within one period without
+        a round trip of its own at each step boundary (that polling was ~3 ms of every answer job)."""
+        while not (self._stopping.is_set() and not self._held):
+            self._runs_started.clear()  # before looking, so a run that starts after the look wakes the wait
+            with self._lock:
+                runs = {job_id: h.run for job_id, h in self._held.items()
+                        if h.run is not None and not h.run.cancel_seen.is_set()}
+            if not runs:
+                self._runs_started.wait(1.0)
+                continue
+            try:
+                for job_id in self.store.cancelled_among(list(runs)):
+                    runs[job_id].cancel_seen.set()
+            except (redis.ConnectionError, redis.TimeoutError):
+                time.sleep(1.0)  # the store is down: ask again later; the runs keep working
+            except Exception:  # noqa: BLE001 - the watcher must outlive any one failure
+                log.exception("cancel watcher failed")
+                time.sleep(1.0)
+            time.sleep(CANCEL_POLL_S)
 
     def _hold(self, job_id: str, held: _Held) -> None:
         with self._lock:
@@ -361,6 +396,7 @@ class OrchestratorCore:
                                        exc.code.name) or job
             run = held.run = JobRun(self, job, pipeline, max(left, 0.001), resume=resume)
             self._start_maintainer()
+            self._start_cancel_watcher()
             if resume and left <= 0:
                 raise DeadlineExceeded("the job's deadline passed while no orchestrator ran it")
             with tracing.span(f"job {job.kind}", {"genstack.job_id": job.job_id, "genstack.pipeline": job.pipeline,

@@ -72,10 +72,11 @@ class JobRun:
         self._state = RunState()
         #: what the running step sees of the run state (see steps.StepView)
         self.state = None
-        self._next_cancel_poll = 0.0
-        self._cancelled = False
         #: set by the core's heartbeat when another orchestrator took the job over
         self.lost = threading.Event()
+        #: set by the core's cancel watcher (or the first look at the store) once a cancel was asked for
+        self.cancel_seen = threading.Event()
+        self._asked_store = False
         self._rec: _StepRec | None = None
 
     # -- helpers for steps ----------------------------------------------------------------------
@@ -86,16 +87,21 @@ class JobRun:
                                                          after=self.job.last_event_id)
 
     def cancelled(self) -> bool:
+        """Whether a cancel was asked for. The store is asked once when the run starts; after that the
+        core's cancel watcher asks for every running job at once in the background and sets
+        `cancel_seen`, so a step boundary costs no round trip to the store."""
         if self.lost.is_set():
             raise LeaseLost(self.job.job_id)
-        now = time.monotonic()
-        if not self._cancelled and now >= self._next_cancel_poll:
-            self._next_cancel_poll = now + 0.05
+        if self.cancel_seen.is_set():
+            return True
+        if not self._asked_store:
+            self._asked_store = True
             try:
-                self._cancelled = self.store.cancel_requested(self.job.job_id)
+                if self.store.cancel_requested(self.job.job_id):
+                    self.cancel_seen.set()
             except (redis.ConnectionError, redis.TimeoutError):
-                self._next_cancel_poll = now + 1.0  # the store is down: ask again later, keep working
-        return self._cancelled
+                pass  # the store is down: the watcher asks again, the run keeps working
+        return self.cancel_seen.is_set()
 
     def timeout(self) -> float:
         if self.lost.is_set():
