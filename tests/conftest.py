@@ -1,4 +1,4 @@
-"""Test-wide setup: offline models, the small model as default, a private Redis DB and home."""
+"""Test-wide setup: offline models, the small model as default, a private locked-down Redis and home."""
 
 from __future__ import annotations
 
@@ -13,11 +13,24 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ.setdefault("GENSTACK_GENERATOR_DEFAULT_MODEL", "smollm2-135m")
-os.environ.setdefault("GENSTACK_REDIS_URL", "redis://127.0.0.1:6379/15")
-_secure_redis = None
-if os.environ.get("GENSTACK_TEST_SECURE_REDIS", "").lower() in ("1", "true", "yes"):
-    # The whole suite against a Redis locked down as in production (issue 21): the default user off,
-    # an ACL user with a password for the services, TLS only. Started here, before settings are read.
+
+
+# The suite runs against a Redis locked down as in production (issue 21): a private redis-server with
+# the default user off, an ACL user with a password for the services, TLS only. It is started here,
+# before settings are read, unless GENSTACK_TEST_SECURE_REDIS=0 or GENSTACK_REDIS_URL names a Redis
+# to use instead (then the suite uses that one; =1 forces the private one).
+def _use_secure_redis() -> bool:
+    import shutil
+
+    wanted = os.environ.get("GENSTACK_TEST_SECURE_REDIS", "").lower()
+    if wanted in ("0", "false", "no"):
+        return False
+    if wanted in ("1", "true", "yes"):
+        return True
+    return "GENSTACK_REDIS_URL" not in os.environ and shutil.which("redis-server") is not None
+
+
+if _use_secure_redis():
     import atexit
 
     from tests.support import PrivateRedis
@@ -25,6 +38,7 @@ if os.environ.get("GENSTACK_TEST_SECURE_REDIS", "").lower() in ("1", "true", "ye
     _secure_redis = PrivateRedis(Path(tempfile.mkdtemp(prefix="genstack-test-redis-")), acl=True, tls=True).start()
     atexit.register(_secure_redis.stop)
     os.environ["GENSTACK_REDIS_URL"] = _secure_redis.url
+os.environ.setdefault("GENSTACK_REDIS_URL", "redis://127.0.0.1:6379/15")
 os.environ.setdefault("GENSTACK_LOG_LEVEL", "WARNING")
 # Tests run several model processes at once (servers, workers, this one): one torch thread each
 # avoids OpenMP oversubscription, which slowed a prefill 7x here.
