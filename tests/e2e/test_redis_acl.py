@@ -2,7 +2,7 @@
 TLS only (rediss://): a private redis-server, a queued job through two real Celery workers
 (orchestrator and generator), and no access without credentials or without TLS.
 
-`GENSTACK_TEST_SECURE_REDIS=1 make test` runs the whole suite on such a Redis (tests/conftest.py)."""
+`make test` runs the whole suite on such a Redis by default (tests/conftest.py)."""
 
 from __future__ import annotations
 
