@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from tests.support import ROOT, ServiceProcess
+from tests.support import ROOT, PrivateRedis, ServiceProcess
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server (see .ci/run)")]
@@ -30,24 +29,8 @@ pytestmark = [pytest.mark.slow,
 def private_redis(tmp_path):
     """A redis-server of this test's own: the suite's session-wide workers (unsigned) consume the same
     queues on the shared Redis and would take the signed messages first."""
-    import redis
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(tmp_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    for _ in range(100):
-        try:
-            if redis.Redis.from_url(url).ping():
-                break
-        except redis.ConnectionError:
-            time.sleep(0.1)
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    with PrivateRedis(tmp_path) as server:
+        yield server.url
 
 PRODUCER = r"""
 import json, sys
@@ -69,7 +52,6 @@ class SignedWorker(ServiceProcess):
     its readiness is its GENSTACK_WORKER_READY line."""
 
     def _wait_worker(self) -> None:
-        import time
 
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
