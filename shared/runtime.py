@@ -56,13 +56,10 @@ def cpu_has_native_bf16() -> bool:
 
 
 def resolve_dtype(name: str, device: str = "cpu") -> str:
-    """A dtype setting with "auto" resolved: bfloat16 on accelerators, float32 on every CPU.
-
-    On CPUs without native bf16, bfloat16 prefill is several times slower (bench/RESULTS.md,
-    Generator dtype). On CPUs with it, bfloat16 makes a greedy answer depend on what else is in the
-    batch: with the continuous-batching engine (the default), 35 of 100 prompts of
-    bench/batch_agreement.py changed within 16 tokens between alone and a batch of 8 in bfloat16,
-    and none in float32. Set GENSTACK_GENERATOR_DTYPE=bfloat16 to trade that for speed."""
+    """A dtype setting with "auto" resolved: bfloat16 on accelerators and on CPUs with native bf16,
+    float32 elsewhere (half the weight memory is not worth an 8x slower prefill)."""
     if name != "auto":
         return name
-    return "float32" if device.startswith("cpu") else "bfloat16"
+    if not device.startswith("cpu"):
+        return "bfloat16"
+    return "bfloat16" if cpu_has_native_bf16() else "float32"

@@ -13,8 +13,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ.setdefault("GENSTACK_GENERATOR_DEFAULT_MODEL", "smollm2-135m")
-# float32 (also what `auto` picks on CPUs): tests compare greedy outputs across batch shapes,
-# processes and transports, and batched bf16 rounding flips near-ties (bench/batch_agreement.py).
+# float32 on every CPU: the `auto` dtype picks bfloat16 where the CPU has native bf16, and batched
+# bf16 rounding can flip a greedy near-tie (bench/batch_agreement.py), while tests compare greedy
+# outputs across batch shapes, processes and transports.
 os.environ.setdefault("GENSTACK_GENERATOR_DTYPE", "float32")
 
 

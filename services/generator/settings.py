@@ -15,8 +15,8 @@ class GeneratorSettings(ServiceSettings):
     preload: list[str] = Field(default_factory=list, description="Models loaded at warm-up (default: default_model)")
     dtype: str = Field(
         "auto",
-        description="torch dtype for weights: auto, bfloat16, float16 or float32 (auto: float32 on CPUs, where greedy "
-        "output then does not depend on what else is in the batch, bfloat16 on accelerators)",
+        description="torch dtype for weights: auto, bfloat16, float16 or float32 (auto: float32 on CPUs without native "
+        "bfloat16 arithmetic, where bfloat16 prefill runs several times slower; bfloat16 elsewhere)",
     )
     device: str = Field("cpu", description="torch device, e.g. cpu or cuda")
     max_new_tokens_cap: int = Field(2048, description="Upper bound a request may ask for")
