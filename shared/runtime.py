@@ -57,7 +57,13 @@ def cpu_has_native_bf16() -> bool:
 
 def resolve_dtype(name: str, device: str = "cpu") -> str:
     """A dtype setting with "auto" resolved: bfloat16 on accelerators and on CPUs with native bf16,
-    float32 elsewhere (half the weight memory is not worth an 8x slower prefill)."""
+    float32 elsewhere (half the weight memory is not worth an 8x slower prefill).
+
+    The price of bfloat16: batched rounding flips greedy near-ties, so with the continuous-batching
+    engine a greedy answer can depend on what else is in the batch (35 of 100 prompts within 16 tokens
+    on a CPU with native bf16, none in float32; bench/RESULTS.md). float32 was no answer there: its
+    small-batch matmuls ran 5-14x slower than bf16's, and 8 streams gave 2.5x one stream instead of
+    4.8x. GENSTACK_GENERATOR_DTYPE=float32 buys batch-independent greedy output for that speed."""
     if name != "auto":
         return name
     if not device.startswith("cpu"):
