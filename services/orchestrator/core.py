@@ -27,8 +27,9 @@ from genstack.orchestrator.v1 import orchestrator_pb2 as opb
 from services.orchestrator.kinds import load_kinds
 from services.orchestrator.pipelines import load_pipelines, pick
 from services.orchestrator.runner import JobRun, strip_large
+from services.orchestrator.screening import VerdictCache
 from services.orchestrator.settings import OrchestratorSettings
-from services.orchestrator.store import JobStore, MemoryJobStore, RedisJobStore, check_event_id, iter_events
+from services.orchestrator.store import FIRST, JobStore, MemoryJobStore, RedisJobStore, check_event_id, iter_events
 from shared import metrics, tracing
 from shared.auth import identity_var
 from shared.clients import client_for
@@ -63,6 +64,9 @@ class _Held:
 
     future: Future | None = None
     run: JobRun | None = None
+    #: time.monotonic() before which the lease is surely still ours: measured from when the last
+    #: successful create or renewal was sent, so Redis's own expiry comes later (0: unknown)
+    lease_until: float = 0.0
 
 
 def _tenant_key(principal: str, key: str) -> str:
@@ -89,6 +93,8 @@ class OrchestratorCore:
         self._recovering = False
         self._cancel_watcher: threading.Thread | None = None
         self._runs_started = threading.Event()
+        #: injection verdicts on chunk texts (see screening.py)
+        self.screen_cache = VerdictCache(self.settings.screen_cache_s, self.settings.screen_cache_entries)
 
     def _make_store(self) -> JobStore:
         kind = self.settings.store
@@ -179,10 +185,12 @@ class OrchestratorCore:
             self._held[job_id] = held
         self._start_maintainer()
 
-    def _drop(self, job_id: str) -> None:
-        """Forget a job and give its lease up."""
+    def _drop(self, job_id: str, release: bool = True) -> None:
+        """Forget a job and give its lease up (unless its run already did)."""
         with self._lock:
             self._held.pop(job_id, None)
+        if not release:
+            return
         try:
             self.store.release(job_id, self.owner)
         except (redis.ConnectionError, redis.TimeoutError) as exc:  # it lapses by itself
@@ -211,7 +219,12 @@ class OrchestratorCore:
             held = dict(self._held)
         if not held:
             return
-        for job_id in self.store.renew(list(held), self.owner, self.settings.lease_s):
+        sent = time.monotonic()
+        lost = self.store.renew(list(held), self.owner, self.settings.lease_s)
+        for job_id, h in held.items():
+            if job_id not in lost:
+                h.lease_until = sent + self.settings.lease_s
+        for job_id in lost:
             h = held[job_id]
             log.warning("another orchestrator took job %s over", job_id)
             if h.run is not None:
@@ -227,6 +240,12 @@ class OrchestratorCore:
     def confirm_lease(self, job_id: str) -> bool:
         """Whether this process still holds the job (asked right before a run writes its ending, so
         that a stalled process that lost the job does not end it a second time)."""
+        with self._lock:
+            held = self._held.get(job_id)
+        # Nobody can take a lease before it lapses: while the last renewal is recent (a third of
+        # the lease to spare), the answer is known without a round trip to the store.
+        if held is not None and time.monotonic() < held.lease_until - self.settings.lease_s / 3:
+            return True
         end = time.monotonic() + self.settings.store_outage_s
         while True:
             try:
@@ -312,7 +331,8 @@ class OrchestratorCore:
         key = (service, transport)
         with self._lock:
             if key not in self._clients:
-                self._clients[key] = client_for(service, transport)
+                # steps read each stream through as it arrives (see ServiceClient)
+                self._clients[key] = client_for(service, transport, read_streams_at_once=True)
             return self._clients[key]
 
     # -- submission ------------------------------------------------------------------------------
@@ -356,15 +376,17 @@ class OrchestratorCore:
             strip_large(record.request)
             record.request_ref.CopyFrom(ref.to_proto())
             job.request_ref.CopyFrom(record.request_ref)
+        sent = time.monotonic()
         job_id, created = self.store.create(job.job_id, json_format.MessageToDict(record), kind, job.state,
                                             _tenant_key(job.principal, request.idempotency_key),
                                             owner=self.owner, lease_s=self.settings.lease_s)
         if not created:
             return self.get(job_id), False
-        self._hold(job_id, _Held())
+        self._hold(job_id, _Held(lease_until=sent + self.settings.lease_s))
         metrics.JOBS.labels(kind, "queued").inc()
+        # written behind: this process runs the job, and its later events follow in the same queue
         job.last_event_id = self.store.append_event(job_id, "job.queued", "", {"kind": kind, "pipeline": pipeline},
-                                                    job.state)
+                                                    job.state, after=FIRST)
         return job, True
 
     def _full_request(self, job: opb.Job) -> None:
@@ -406,7 +428,7 @@ class OrchestratorCore:
         except DeadlineExceeded as exc:
             return self._end_unrun(job.job_id, opb.JOB_STATE_FAILED, exc.message, exc.code.name) or job
         finally:
-            self._drop(job.job_id)
+            self._drop(job.job_id, release=not (held.run is not None and held.run.released))
 
     def submit(self, request: opb.SubmitJobRequest) -> tuple[opb.Job, bool]:
         job, created = self.create(request)

@@ -77,6 +77,8 @@ class JobRun:
         #: set by the core's cancel watcher (or the first look at the store) once a cancel was asked for
         self.cancel_seen = threading.Event()
         self._asked_store = False
+        #: whether the run gave its lease up with its final writes
+        self.released = False
         self._rec: _StepRec | None = None
 
     # -- helpers for steps ----------------------------------------------------------------------
@@ -234,6 +236,8 @@ class JobRun:
             self.emit(ending, "", {"state": opb.JobState.Name(self.job.state), "error": self.job.error})
             self._save()
             self.store.finish(self.job.job_id)
+            self.store.release_later(self.job.job_id, self.core.owner)
+        self.released = True
         self.store.flush(self.job.job_id)
         return self.job
 

@@ -33,6 +33,12 @@ class OrchestratorSettings(ServiceSettings):
     answer_top_k: int = Field(4, description="Chunks retrieved for answer jobs")
     answer_max_new_tokens: int = Field(160, description="Answer length cap in tokens")
     context_tokens: int = Field(1536, description="Token budget for prompt + sources + answer in answer jobs")
+    screen_cache_s: float = Field(
+        600.0, ge=0, description="How long the injection verdict on a retrieved chunk's text is remembered, so that "
+        "the validator is asked only about chunks not seen lately (0 = ask about every chunk of every job)"
+    )
+    screen_cache_entries: int = Field(50_000, gt=0, description="Most chunk verdicts remembered (least recently used "
+                                      "go first)")
     pipelines_file: str = Field("", description="YAML/JSON file with extra or overriding pipeline definitions")
     # -- durability (docs/reliability.md) --
     lease_s: float = Field(

@@ -34,6 +34,10 @@ OPEN_STATES = frozenset({1, 2})
 _EVENT_ID = re.compile(r"[0-9]{1,19}(-[0-9]{1,19})?")
 
 
+#: `append_event(after=FIRST)`: the job has no events yet
+FIRST = "0-0"
+
+
 def check_event_id(after: str) -> None:
     """INVALID_ARGUMENT naming `after_event_id` unless it has the shape of an event id."""
     if after and not _EVENT_ID.fullmatch(after):
@@ -110,7 +114,8 @@ class JobStore:
 
     def append_event(self, job_id: str, type_: str, step: str, data: dict, state: int, after: str = "") -> str:
         """Append an event and return its id. `after` is the job's previous event id, when the
-        caller knows it: the Redis store then writes behind and still returns the id at once."""
+        caller knows it (FIRST for the first event of a job just created): the Redis store then
+        writes behind and still returns the id at once."""
         raise NotImplementedError
 
     def events(self, job_id: str, after: str, block_s: float) -> list[StoredEvent]:
@@ -133,6 +138,10 @@ class JobStore:
 
     def finish(self, job_id: str) -> None:
         """Apply retention to a finished job."""
+
+    def release_later(self, job_id: str, owner: str) -> None:
+        """`release` as one more write of the current batch (a job's ending needs no extra round trip)."""
+        self.release(job_id, owner)
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -504,8 +513,6 @@ class RedisJobStore(JobStore):
         self._claim = self.r.register_script(_CLAIM_LUA)
         self._renew = self.r.register_script(_RENEW_LUA)
         self._release = self.r.register_script(_RELEASE_LUA)
-        self._save_script = self.r.register_script(_SAVE_LUA)
-        self._append_script = self.r.register_script(_APPEND_LUA)
 
     def _key(self, job_id: str, suffix: str = "") -> str:
         return f"{self.PREFIX}{job_id}{suffix}"
@@ -533,7 +540,7 @@ class RedisJobStore(JobStore):
         def write(pipe):
             doc = record() if callable(record) else record
             # a finished record never changes (a stalled replica's late write is dropped)
-            self._save_script(keys=[key, self.OPEN], args=[json.dumps(doc), state, job_id], client=pipe)
+            _in_batch(pipe, _SAVE_LUA, [key, self.OPEN], [json.dumps(doc), state, job_id])
 
         self._writer.put(job_id, write)
 
@@ -587,8 +594,7 @@ class RedisJobStore(JobStore):
         event_id = next_stream_id(after)
         args = [event_id, *(v for kv in fields.items() for v in kv)]
         # dropped once the job has ended (a stalled replica's late event)
-        self._writer.put(job_id, lambda pipe: self._append_script(keys=[self._key(job_id), key], args=args,
-                                                                  client=pipe))
+        self._writer.put(job_id, lambda pipe: _in_batch(pipe, _APPEND_LUA, [self._key(job_id), key], args))
         return event_id
 
     def events(self, job_id, after, block_s):
@@ -631,6 +637,10 @@ class RedisJobStore(JobStore):
             pipe.zrem(self.OPEN, job_id)
 
         self._writer.put(job_id, write)
+
+    def release_later(self, job_id, owner):
+        lease = self._key(job_id, ":lease")
+        self._writer.put(job_id, lambda pipe: _in_batch(pipe, _RELEASE_LUA, [lease], [owner]))
 
     def batch(self):
         return self._writer.batch()
@@ -678,6 +688,14 @@ _RELEASE_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+def _in_batch(pipe, script: str, keys: list, args: list) -> None:
+    """A Lua script as one command of a write batch. EVAL with the text, not a registered script:
+    redis-py asks SCRIPT EXISTS before every pipeline that holds registered scripts (a round trip
+    per batch), and an EVALSHA that a restarted Redis no longer knows would fail inside the
+    transaction while the batch's other writes went through."""
+    pipe.eval(script, len(keys), *keys, *args)
 
 
 def next_stream_id(after: str) -> str:

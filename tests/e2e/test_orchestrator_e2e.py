@@ -205,7 +205,7 @@ def test_queue_submitted_job_is_the_same_job(stack):
     record = client.get_job(job_id)
     assert record.request.answer.question == "Where do bees dance?"
     assert pb.JobState.Name(record.state) == result["job"]["state"]
-    assert [s.name for s in record.steps][:3] == ["retrieve", "screen_sources", "build_context"]
+    assert [s.name for s in record.steps][:3] == ["retrieve", "screen_sources", "build_context"], record.error
 
 
 def test_unknown_job_is_not_found(stack):
