@@ -67,6 +67,8 @@ class _Held:
     #: time.monotonic() before which the lease is surely still ours: measured from when the last
     #: successful create or renewal was sent, so Redis's own expiry comes later (0: unknown)
     lease_until: float = 0.0
+    #: time.monotonic() when this process created the job (0: it came from the store)
+    created: float = 0.0
 
 
 def _tenant_key(principal: str, key: str) -> str:
@@ -382,7 +384,7 @@ class OrchestratorCore:
                                             owner=self.owner, lease_s=self.settings.lease_s)
         if not created:
             return self.get(job_id), False
-        self._hold(job_id, _Held(lease_until=sent + self.settings.lease_s))
+        self._hold(job_id, _Held(lease_until=sent + self.settings.lease_s, created=sent))
         metrics.JOBS.labels(kind, "queued").inc()
         # written behind: this process runs the job, and its later events follow in the same queue
         job.last_event_id = self.store.append_event(job_id, "job.queued", "", {"kind": kind, "pipeline": pipeline},
@@ -417,6 +419,9 @@ class OrchestratorCore:
                 return self._end_unrun(job.job_id, opb.JOB_STATE_FAILED, f"cannot run the stored job: {exc.message}",
                                        exc.code.name) or job
             run = held.run = JobRun(self, job, pipeline, max(left, 0.001), resume=resume)
+            if not resume and held.created and time.monotonic() - held.created < CANCEL_POLL_S:
+                # created here a moment ago: a cancel asked since then is the cancel watcher's to see
+                run.cancel_checked = True
             self._start_maintainer()
             self._start_cancel_watcher()
             if resume and left <= 0:
@@ -503,7 +508,9 @@ class OrchestratorCore:
             if held.run is None and held.future is not None and held.future.cancel():
                 ended = self._end_unrun(job_id, opb.JOB_STATE_CANCELLED, "cancelled before it started", "CANCELLED")
                 return (ended.state if ended else opb.JOB_STATE_CANCELLED), True
-            return job.state, True  # running here: the runner ends it
+            if held.run is not None:
+                held.run.cancel_seen.set()  # running here: the runner ends it at its next look
+            return job.state, True
         if self.store.claim(job_id, self.owner, self.settings.lease_s):  # nobody holds it
             with self._lock:
                 self._held.setdefault(job_id, _Held())

@@ -76,7 +76,8 @@ class JobRun:
         self.lost = threading.Event()
         #: set by the core's cancel watcher (or the first look at the store) once a cancel was asked for
         self.cancel_seen = threading.Event()
-        self._asked_store = False
+        #: whether the store was asked about a cancel at the start (or need not be)
+        self.cancel_checked = False
         #: whether the run gave its lease up with its final writes
         self.released = False
         self._rec: _StepRec | None = None
@@ -96,8 +97,8 @@ class JobRun:
             raise LeaseLost(self.job.job_id)
         if self.cancel_seen.is_set():
             return True
-        if not self._asked_store:
-            self._asked_store = True
+        if not self.cancel_checked:
+            self.cancel_checked = True
             try:
                 if self.store.cancel_requested(self.job.job_id):
                     self.cancel_seen.set()
@@ -308,7 +309,9 @@ class JobRun:
                 self._checkpoint(i, retries)
                 continue
             i += 1
-            self._checkpoint(i, retries)
+            if i < len(steps) or not spec.rerun_safe:
+                # (after the last step the ending follows at once; a resumed job would just rerun it)
+                self._checkpoint(i, retries)
         return False
 
 
