@@ -202,7 +202,7 @@ class AgentCore:
             tool_context=lambda timeout: ToolContext(self.client, spec.collection, s, timeout, is_stopped),
             config=LoopConfig(s.decision_max_tokens, s.min_decision_tokens, s.final_answer_tokens,
                               final_seconds, s.observation_chars, s.approval_timeout_s,
-                              choose_then_call=s.choose_then_call),
+                              choose_then_call=s.choose_then_call, check_support=s.check_answer_support),
             screen=self._screen if s.injection_check else None,
             wait_for_approval=functools.partial(self._wait_for_approval, spec.run_id, is_stopped),
             stopped=is_stopped,

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from services.agent import datatypes as dt
+from services.agent import grounding
 from services.agent.datatypes import FINAL_ANSWER, Decision, Event, RunSpec, Step, Usage
 from services.agent.tools import Tool, ToolContext
 from shared.errors import Cancelled, DeadlineExceeded, GenstackError, InvalidArgument
@@ -129,6 +130,8 @@ class LoopConfig:
     #: after an observation, choose the kind of next step first, then write that tool's call
     choose_then_call: bool = True
     choice_max_tokens: int = 48
+    #: a final answer naming things no tool result contains is sent back once, then replaced (grounding.py)
+    check_support: bool = True
 
 
 class AgentLoop:
@@ -165,6 +168,7 @@ class AgentLoop:
         self._t0 = 0.0
         self._waited = 0.0  # seconds spent waiting for a reviewer (not charged to the time budget)
         self._model_index = 0
+        self._support_rejected = False  # a final answer was sent back once for naming unseen things
 
     # -- prompt ------------------------------------------------------------------------------------
 
@@ -308,6 +312,8 @@ class AgentLoop:
                 if not answer:
                     answer = self._fallback(forced)
                     step.note += "; the model gave no answer, the loop wrote one from the observations"
+                else:
+                    answer = self._supported(answer, step)
                 step.tool, step.status = FINAL_ANSWER, dt.FINAL
                 step.arguments = step.arguments or {"answer": answer}
                 return self._end(dt.BUDGET_EXHAUSTED if exhausted else dt.COMPLETED, answer,
@@ -324,9 +330,20 @@ class AgentLoop:
             step.tool, step.arguments = name, args
             if name == FINAL_ANSWER:
                 answer = str(args.get("answer", "")).strip()
+                missing = self._unsupported(answer)
+                if missing and self.config.check_support and not self._support_rejected:
+                    # once: the model sees why and may search, calculate or say the results lack it
+                    self._support_rejected = True
+                    step.status = dt.REJECTED
+                    step.observation = (f"Not accepted: the answer names {', '.join(missing)}, which no tool result "
+                                        "contains. Answer only from the results (calculator for arithmetic), or "
+                                        "say that they do not contain the answer.")
+                    step.note = "final answer not supported by the tool results"
+                    self._record_tool_step(step)
+                    continue
                 if answer:
                     step.status = dt.FINAL
-                    return self._end(dt.COMPLETED, answer, "", step)
+                    return self._end(dt.COMPLETED, self._supported(answer, step), "", step)
             tool = self.registry.get(name)
             if tool is None or tool not in self.allowed:
                 allowed = ", ".join(t.name for t in self.allowed)
@@ -437,6 +454,26 @@ class AgentLoop:
                 step.injection_flagged, step.injection_detail = True, detail
                 text = quote_flagged(text)
         step.observation = text
+
+    def _observations(self) -> list[str]:
+        return [s.observation for s in self.steps if s.status in (dt.OK, dt.REPEATED)]
+
+    def _unsupported(self, answer: str) -> list[str]:
+        """What `answer` names that no tool result holds; nothing to check before any tool ran."""
+        observations = self._observations()
+        if not answer or not observations or not self.config.check_support:
+            return []
+        return grounding.unsupported(answer, self.spec.goal, observations)
+
+    def _supported(self, answer: str, step: Step) -> str:
+        """`answer`, or, when it names things no tool result contains, the loop's own statement that
+        the results do not hold the answer (the model's words kept in it and in the step's note)."""
+        missing = self._unsupported(answer)
+        if not missing:
+            return answer
+        step.note = (step.note + "; " if step.note else "") + f"unsupported: {', '.join(missing)}"
+        return (f"The tool results do not contain the answer. (The model answered \"{answer}\", but no result "
+                f"mentions {', '.join(missing)}.)")
 
     def _fallback(self, why: str) -> str:
         """An answer the loop writes itself when the model gave none: the reason and what was seen."""

@@ -30,6 +30,10 @@ class AgentSettings(ServiceSettings):
     choose_then_call: bool = Field(
         True, description="After an observation, decide in two halves: pick the kind of next step from short "
         "options, then write that tool's call (docs/agent.md); off: one generation over every allowed tool")
+    check_answer_support: bool = Field(
+        True, description="A final answer that names things (names, numbers) no tool result or the goal contains is "
+        "sent back once with the reason, then replaced by a statement that the results do not hold the answer"
+    )
     final_answer_tokens: int = Field(
         64, description="Tokens the forced final answer may use beyond an exhausted token budget")
     final_answer_seconds: float = Field(

@@ -480,3 +480,48 @@ def test_the_model_reads_numbers_without_thousands_separators_and_the_record_kee
     prompt = model.calls[1]["messages"][-1][1]
     assert "grows 1150 apple trees" in prompt and "version 1,2,3" in prompt
     assert "1,150 apple trees" in loop.steps[0].observation
+
+
+# -- answers the tool results do not support (services/agent/grounding.py) -------------------------
+
+def test_an_answer_naming_what_no_result_holds_is_sent_back_once_then_replaced(registry):
+    model = ScriptedModel(call("search", query="Mars moons"), call("final_answer", answer="It was Phobos, found by Hall."),
+                          call("final_answer", answer="It was Deimos, found by Hall."))
+    loop, _ = make_loop(registry, model)
+    end = loop.run()
+    rejected = [s for s in loop.steps if s.status == dt.REJECTED]
+    assert len(rejected) == 1 and "Phobos" in rejected[0].observation and "Hall" in rejected[0].observation
+    assert end.state == dt.COMPLETED
+    assert end.final_answer.startswith("The tool results do not contain the answer.")
+    assert "Deimos" in end.final_answer and "unsupported: Deimos, Hall" in loop.steps[-1].note
+    # the model saw why its first answer was not accepted
+    assert "Not accepted: the answer names Phobos, Hall" in model.calls[-1]["messages"][-1][1]
+
+
+def test_a_rejected_answer_can_be_mended_and_supported_answers_pass(registry):
+    model = ScriptedModel(call("search", query="Mars moons"), call("final_answer", answer="Mars has 3 moons."),
+                          call("final_answer", answer="Mars has two moons."))
+    loop, _ = make_loop(registry, model)
+    assert loop.run().final_answer == "Mars has two moons."
+    model = ScriptedModel(call("search", query="Mars moons"),
+                          call("final_answer", answer="The documents do not say who found them."))
+    loop, _ = make_loop(registry, model)
+    assert loop.run().final_answer == "The documents do not say who found them."  # a refusal is never unsupported
+
+
+def test_answer_support_rules():
+    from services.agent.grounding import unsupported
+
+    ferry = ["The Saffa ferry crosses the bay in 35 minutes and carries up to 220 passengers."]
+    trees = ["Brisk Orchard grows 1,150 apple trees and 320 pear trees."]
+    assert unsupported("red", "What colour is the Saffa ferry?", ferry) == ["red"]
+    assert unsupported("$15", "What does a ticket cost?", ferry) == ["15"]
+    assert unsupported("It was designed by Sir John Kell.", "Who designed it?", ferry) == ["Sir", "John", "Kell"]
+    assert unsupported("220 passengers", "How many passengers?", ferry) == []
+    assert unsupported("35 min", "How long?", ferry) == []  # a unit written another way is not a claim
+    assert unsupported("1150 + 320 = 1470", "How many trees?", trees) == []  # shown and confirmed
+    assert unsupported("1150 + 320 = 1570", "How many trees?", trees) == ["1570"]
+    assert unsupported("1470", "How many trees?", trees + ["1470"]) == []  # a calculator result
+    assert unsupported("3.87 metres", "Per floor?", ["3.868852459"]) == []  # to the precision written
+    assert unsupported("Both: August", "Which month?", ["It takes place every August."]) == []
+    assert unsupported("Not found in the results.", "Who?", ferry) == []
