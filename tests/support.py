@@ -148,6 +148,11 @@ class PrivateRedis:
     def url_for(self, user: str, password: str) -> str:
         return self._url(f"{user}:{password}@")
 
+    @property
+    def anonymous_url(self) -> str:
+        """The server's URL without a user (the default user, which an ACL server turns off)."""
+        return self._url("")
+
     def _url(self, auth: str) -> str:
         if not self.tls:
             return f"redis://{auth}127.0.0.1:{self.port}/0"

@@ -58,6 +58,14 @@ FINAL_STATES = (opb.JOB_STATE_SUCCEEDED, opb.JOB_STATE_FAILED, opb.JOB_STATE_CAN
 CANCEL_POLL_S = 0.05
 
 
+def _lease_clock() -> float:
+    """Seconds on a clock that keeps counting while the machine is suspended (CLOCK_BOOTTIME where
+    there is one), so that a process frozen past its lease sees that it was."""
+    if hasattr(time, "CLOCK_BOOTTIME"):
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+    return time.monotonic()
+
+
 @dataclass
 class _Held:
     """A job whose lease this process holds: queued in the pool (future) or running (run)."""
@@ -221,7 +229,7 @@ class OrchestratorCore:
             held = dict(self._held)
         if not held:
             return
-        sent = time.monotonic()
+        sent = _lease_clock()
         lost = self.store.renew(list(held), self.owner, self.settings.lease_s)
         for job_id, h in held.items():
             if job_id not in lost:
@@ -235,8 +243,10 @@ class OrchestratorCore:
                 h.future.cancel()
             with self._lock:
                 self._held.pop(job_id, None)
-        for job_id, h in held.items():  # a cancel asked of another replica reaches a job queued here
-            if h.run is None and h.future is not None and self.store.cancel_requested(job_id) and h.future.cancel():
+        # a cancel asked of another replica reaches the jobs queued here (one round trip for all)
+        queued = [job_id for job_id, h in held.items() if h.run is None and h.future is not None]
+        for job_id in self.store.cancelled_among(queued) if queued else ():
+            if held[job_id].future.cancel():
                 self._end_unrun(job_id, opb.JOB_STATE_CANCELLED, "cancelled before it started", "CANCELLED")
 
     def confirm_lease(self, job_id: str) -> bool:
@@ -246,7 +256,7 @@ class OrchestratorCore:
             held = self._held.get(job_id)
         # Nobody can take a lease before it lapses: while the last renewal is recent (a third of
         # the lease to spare), the answer is known without a round trip to the store.
-        if held is not None and time.monotonic() < held.lease_until - self.settings.lease_s / 3:
+        if held is not None and _lease_clock() < held.lease_until - self.settings.lease_s / 3:
             return True
         end = time.monotonic() + self.settings.store_outage_s
         while True:
@@ -303,6 +313,7 @@ class OrchestratorCore:
 
     def _end_unrun(self, job_id: str, state: int, error: str, code: str) -> opb.Job | None:
         """End a job that nobody runs (this process holds its lease), e.g. cancelled while queued."""
+        self.store.flush(job_id)  # its job.queued may still be queued here: the ending must follow it
         record = self.store.load(job_id)
         if record is None:
             self._drop(job_id)
@@ -378,7 +389,7 @@ class OrchestratorCore:
             strip_large(record.request)
             record.request_ref.CopyFrom(ref.to_proto())
             job.request_ref.CopyFrom(record.request_ref)
-        sent = time.monotonic()
+        sent = _lease_clock()
         job_id, created = self.store.create(job.job_id, json_format.MessageToDict(record), kind, job.state,
                                             _tenant_key(job.principal, request.idempotency_key),
                                             owner=self.owner, lease_s=self.settings.lease_s)
@@ -419,7 +430,7 @@ class OrchestratorCore:
                 return self._end_unrun(job.job_id, opb.JOB_STATE_FAILED, f"cannot run the stored job: {exc.message}",
                                        exc.code.name) or job
             run = held.run = JobRun(self, job, pipeline, max(left, 0.001), resume=resume)
-            if not resume and held.created and time.monotonic() - held.created < CANCEL_POLL_S:
+            if not resume and held.created and _lease_clock() - held.created < CANCEL_POLL_S:
                 # created here a moment ago: a cancel asked since then is the cancel watcher's to see
                 run.cancel_checked = True
             self._start_maintainer()

@@ -25,7 +25,7 @@ def acl_redis(tmp_path_factory):
 
 def test_without_credentials_or_tls_redis_refuses(acl_redis):
     with pytest.raises(redis.AuthenticationError):
-        redis.Redis.from_url(acl_redis._url("")).ping()  # TLS, but no user: the default user is off
+        redis.Redis.from_url(acl_redis.anonymous_url).ping()  # TLS, but no user: the default user is off
     with pytest.raises(redis.ConnectionError):
         redis.Redis(port=acl_redis.port, username="genstack", password=acl_redis.PASSWORD,
                     socket_timeout=2).ping()  # the right password in plain text: TLS only

@@ -485,7 +485,8 @@ def test_the_model_reads_numbers_without_thousands_separators_and_the_record_kee
 # -- answers the tool results do not support (services/agent/grounding.py) -------------------------
 
 def test_an_answer_naming_what_no_result_holds_is_sent_back_once_then_replaced(registry):
-    model = ScriptedModel(call("search", query="Mars moons"), call("final_answer", answer="It was Phobos, found by Hall."),
+    model = ScriptedModel(call("search", query="Mars moons"),
+                          call("final_answer", answer="It was Phobos, found by Hall."),
                           call("final_answer", answer="It was Deimos, found by Hall."))
     loop, _ = make_loop(registry, model)
     end = loop.run()

@@ -175,7 +175,7 @@ def test_response_formats_hold_per_request_in_a_mixed_batch(engine, loaded):
         assert a == b, prompt
         if fmt is None:
             continue
-        assert fb.constraint == CONSTRAINT_COMPLETE, (prompt, b)
+        assert fa.constraint == fb.constraint == CONSTRAINT_COMPLETE, (prompt, b)
         if fmt.kind == JSON_SCHEMA:
             jsonschema.validate(json.loads(b), schema)
         elif fmt.kind == REGEX:
