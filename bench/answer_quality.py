@@ -123,9 +123,10 @@ def pages_for(corpus: str, questions: list[dict]) -> list[str]:
     return sorted(named | {f"{n}.html" for n in CORPORA[corpus]["extra"]})
 
 
-def ensure_index(core, corpus: str, folder: Path, pages: list[str], terms: bool = True) -> str:
+def ensure_index(core, corpus: str, folder: Path, pages: list[str], terms: bool = True, served=None) -> str:
     """Ingest the pages once; the collection name carries a hash of the page list, the chunk settings
-    and the parser (with `terms` False, HTML definition terms are not made minor headings)."""
+    and the parser (with `terms` False, HTML definition terms are not made minor headings). With
+    `served` (a function that runs a job on a served stack) the pages go to that stack, every time."""
     from genstack.orchestrator.v1 import orchestrator_pb2 as pb
     from genstack.retriever.v1 import retriever_pb2 as rpb
     from services.retriever import parsing
@@ -138,7 +139,7 @@ def ensure_index(core, corpus: str, folder: Path, pages: list[str], terms: bool 
                          + chunking)
     collection = f"aq_{corpus}_{key.hexdigest()[:10]}"
     marker = CACHE / f"{collection}.done"
-    if marker.exists():
+    if marker.exists() and served is None:
         return collection
     t0 = time.perf_counter()
     docs = []
@@ -149,17 +150,23 @@ def ensure_index(core, corpus: str, folder: Path, pages: list[str], terms: bool 
             continue
         docs.append(rpb.Document(id=name, text=path.read_text(errors="replace"), content_type="text/html",
                                  source=f"{corpus}/{name}"))
-    job, _ = core.create(pb.SubmitJobRequest(deadline_s=3600, ingest=rpb.IngestDocumentsRequest(
-        collection=collection, documents=docs)))
-    parsing.HTML_TERMS = terms
-    try:
-        record = core.run(job)
-    finally:
-        parsing.HTML_TERMS = True
+    request = pb.SubmitJobRequest(deadline_s=3600, ingest=rpb.IngestDocumentsRequest(collection=collection,
+                                                                                     documents=docs))
+    if served is not None:
+        record = served(request)
+    else:
+        job, _ = core.create(request)
+        parsing.HTML_TERMS = terms
+        try:
+            record = core.run(job)
+        finally:
+            parsing.HTML_TERMS = True
     if record.state != pb.JOB_STATE_SUCCEEDED:
         raise SystemExit(f"ingest of {corpus} failed: {record.error}")
     print(f"[{corpus}] ingested {len(docs)} pages, {record.ingest.chunks_written} chunks in "
           f"{time.perf_counter() - t0:.0f} s", flush=True)
+    if served is not None:
+        return collection  # that stack's index, not this machine's cache
     CACHE.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps({"pages": pages, "chunks": record.ingest.chunks_written}))
     return collection
@@ -296,7 +303,21 @@ def main() -> int:
     local = OrchestratorCore(OrchestratorSettings(store="memory", pipelines_file=str(pfile)),
                              Settings(transport="inproc"))
     all_questions = load_questions()
-    collections = {c: ensure_index(local, c, f, pages_for(c, all_questions)) for c, f in corpora.items()}
+    served = None
+    if args.served:
+        from shared.clients.orchestrator import OrchestratorClient
+
+        client = OrchestratorClient("grpc", address=args.served)
+
+        def served(request):
+            job = client.submit_job(request)
+            while True:
+                rec = client.get_job(job.job_id)
+                if rec.state in (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED):
+                    return rec
+                time.sleep(0.05)
+    collections = {c: ensure_index(local, c, f, pages_for(c, all_questions), served=served)
+                   for c, f in corpora.items()}
     flat = {}
     if any(VARIANTS[v].get("$index") == "flat" for v in variants):
         if args.served:
@@ -304,18 +325,8 @@ def main() -> int:
         asked = {q["corpus"] for q in questions}
         flat = {c: ensure_index(local, c, f, pages_for(c, all_questions), terms=False) for c, f in corpora.items()
                 if c in asked}
-    if args.served:
-        from shared.clients.orchestrator import OrchestratorClient
-
-        client = OrchestratorClient("grpc", address=args.served)
-
-        def run_job(request):
-            job = client.submit_job(request)
-            while True:
-                rec = client.get_job(job.job_id)
-                if rec.state in (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED):
-                    return rec
-                time.sleep(0.05)
+    if served is not None:
+        run_job = served
     else:
         def run_job(request):
             job, _ = local.create(request)
