@@ -43,6 +43,22 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str)
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever sys.stdout is when a record is emitted, not to the one set up with: a
+    thread that outlives a swapped stream (a test's captured output, a redirected CLI) still logs."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ sets it; the current sys.stdout wins
+        pass
+
+
 def setup_logging(service: str, level: str = "INFO", json_lines: bool = True) -> None:
     """Configure the root logger once per process (stdout, JSON lines by default)."""
     global _process_service
@@ -50,7 +66,7 @@ def setup_logging(service: str, level: str = "INFO", json_lines: bool = True) ->
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
-    handler = logging.StreamHandler(sys.stdout)
+    handler = _StdoutHandler()
     handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
     root.setLevel(level.upper())
