@@ -30,12 +30,17 @@ _GROUPED = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 _REPLACE = {"×": "*", "÷": "/", "−": "-", "^": "**", "x": "*"}
 
 
+def ungroup(text: str) -> str:
+    """Thousands separators dropped: "1,150" -> "1150" (shared with the loop and the support check)."""
+    return _GROUPED.sub("", text)
+
+
 class CalculatorError(ValueError):
     """The expression is not plain arithmetic, or its value cannot be computed."""
 
 
 def _normalise(expression: str) -> str:
-    text = _GROUPED.sub("", expression.strip())
+    text = ungroup(expression.strip())
     text = re.sub(r"(?<=\d)\s*%", "/100", text)  # "15%" -> 15/100
     text = re.sub(r"(?<=[\d)])\s*x\s*(?=[\d(])", "*", text)  # "3 x 4"
     for a, b in _REPLACE.items():

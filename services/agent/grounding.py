@@ -14,10 +14,9 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-from services.agent.calculator import CalculatorError, evaluate
+from services.agent.calculator import CalculatorError, evaluate, ungroup
 
 _NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?![\w])")
-_GROUPED = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")
 # an expression the answer shows with its result: "1150 + 320 = 1470", "412 - 236 is 176"
 _SHOWN = re.compile(r"([\d.,\s()+\-*/x×÷]*\d[\d.,\s()+\-*/x×÷]*)\s*(?:=|is|equals)\s*(-?\d[\d,]*(?:\.\d+)?)")
@@ -48,7 +47,7 @@ def _spelled(text: str) -> list[str]:
 
 
 def _numbers(text: str) -> list[str]:
-    return [_GROUPED.sub("", m.group(0)) for m in _NUMBER.finditer(text)]
+    return [ungroup(m.group(0)) for m in _NUMBER.finditer(text)]
 
 
 def _value(number: str) -> Fraction | None:
@@ -71,7 +70,7 @@ def _confirmed(answer: str) -> set[str]:
     """Results of expressions shown in the answer that the calculator agrees with."""
     out = set()
     for m in _SHOWN.finditer(answer):
-        expression, result = m.group(1).strip(), _GROUPED.sub("", m.group(2))
+        expression, result = m.group(1).strip(), ungroup(m.group(2))
         if not any(op in expression for op in "+-*/x×÷") or not re.search(r"\d\s*\D+\s*\d", expression):
             continue
         try:

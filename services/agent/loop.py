@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 
 from services.agent import datatypes as dt
 from services.agent import grounding
+from services.agent.calculator import ungroup
 from services.agent.datatypes import FINAL_ANSWER, Decision, Event, RunSpec, Step, Usage
 from services.agent.tools import Tool, ToolContext
 from shared.errors import Cancelled, DeadlineExceeded, GenstackError, InvalidArgument
@@ -70,13 +71,12 @@ def decision_schema(tools: list[Tool]) -> dict:
 CALCULATE_AGAIN = "calculate again: the task asks for more arithmetic than the last result"
 
 
-_GROUPED = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 
 
 def _plain_numbers(text: str) -> str:
     """Thousands separators dropped for the model's eyes ("1,150" -> "1150"; the record keeps the
     tool's text): Qwen2.5-0.5B copied "1,150 apple trees" into the calculator as 150."""
-    return _GROUPED.sub("", text)
+    return ungroup(text)
 
 
 def next_action_label(tool: Tool, last_tool: str = "") -> str:

@@ -60,9 +60,10 @@ class VerdictCache:
     def put(self, text: str, flagged: bool, score: float) -> None:
         if self.ttl_s <= 0:
             return
+        k = self.key(text)
         with self._lock:
-            self._items[self.key(text)] = (time.monotonic() + self.ttl_s, flagged, score)
-            self._items.move_to_end(self.key(text))
+            self._items[k] = (time.monotonic() + self.ttl_s, flagged, score)
+            self._items.move_to_end(k)
             while len(self._items) > self.entries:
                 self._items.popitem(last=False)
 
