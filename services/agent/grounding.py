@@ -16,7 +16,8 @@ from fractions import Fraction
 
 from services.agent.calculator import CalculatorError, evaluate, ungroup
 
-_NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?![\w])")
+# commas only as thousands separators: "1,150" is one number, "1864, 1931" two
+_NUMBER = re.compile(r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+(?![\d,])|\d+)(?:\.\d+)?(?![\w])")
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")
 # an expression the answer shows with its result: "1150 + 320 = 1470", "412 - 236 is 176"
 _SHOWN = re.compile(r"([\d.,\s()+\-*/x×÷]*\d[\d.,\s()+\-*/x×÷]*)\s*(?:=|is|equals)\s*(-?\d[\d,]*(?:\.\d+)?)")
@@ -108,6 +109,8 @@ def unsupported(answer: str, goal: str, observations: list[str]) -> list[str]:
         if w.lower() in _STOP or len(w) < 2:
             continue
         first = not answer[: m.start()].strip() or answer[: m.start()].rstrip()[-1] in ".!?:"
+        # ... unless the next word is capitalised too: "William Quillon founded it."
+        first = first and not re.match(r"\s+[A-Z]", answer[m.end():])
         if _stem(w) in seen_words:
             grounded += 1
         elif w[0].isupper() and not first:  # a name; a sentence's first word may just be capitalised
@@ -118,3 +121,95 @@ def unsupported(answer: str, goal: str, observations: list[str]) -> list[str]:
     if not grounded and not missing:
         missing = lowercase  # nothing in the answer comes from the run: "red"
     return missing
+
+
+# -- does the answer cover every subject the goal asks about? --------------------------------------
+
+#: a run of capitalised words: a name in the goal ("Lake Mirren", "the Pell Museum's")
+_NAME = re.compile(r"[A-Z][\w-]*(?:'s)?(?:\s+[A-Z][\w-]*(?:'s)?)*")
+# words that open a question or an instruction, capitalised only because they start the sentence
+_OPENERS = _STOP | set("""give use search find tell show list name compare validate generate make double add
+subtract multiply divide calculate work please""".split())
+
+
+def subjects(goal: str) -> list[str]:
+    """The names a goal asks about, in order ("How deep is Lake Mirren and how high is Mount Hallow?"
+    -> ["Lake Mirren", "Mount Hallow"]); opening words of a sentence are not names."""
+    out: list[str] = []
+    for m in _NAME.finditer(goal):
+        words = [w.removesuffix("'s") for w in m.group(0).split()]
+        at_start = not goal[: m.start()].strip() or goal[: m.start()].rstrip()[-1] in ".!?:"
+        while words and (words[0].lower() in _STOP or (at_start and words[0].lower() in _OPENERS)):
+            words, at_start = words[1:], False
+        name = " ".join(words)
+        if name and name.lower() not in (s.lower() for s in out):
+            out.append(name)
+    return out
+
+
+def _facts(text: str, exclude: set[str]) -> set[str]:
+    """What a passage could answer with: its numbers and capitalised words, less the goal's own."""
+    words = {w.lower() for w in _WORD.findall(text) if w[0].isupper() and w.lower() not in _STOP}
+    return {n for n in _numbers(text) + _spelled(text) if n not in exclude} | (words - exclude)
+
+
+def coverage(answer: str, goal: str, observations: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Which of the goal's subjects an answer gives a fact about (a number or name from a result
+    passage that mentions the subject), and which it leaves out, each with a passage about it.
+    Subjects no result mentions are in neither list (nothing could be said about them)."""
+    names = subjects(goal)
+    passages = [p.strip() for o in observations for p in re.split(r"\n(?=\[\d+\])|\n{2,}", o) if p.strip()]
+    exclude = {w.lower() for w in _WORD.findall(goal)} | set(_numbers(goal))
+    given = set(_numbers(answer) + _spelled(answer)) | {w.lower() for w in _WORD.findall(answer)}
+    covered: list[str] = []
+    missing: list[tuple[str, str]] = []
+    for name in names:
+        about = [p for p in passages if name.lower() in p.lower()]
+        if not about:
+            continue
+        if any(_facts(p, exclude) & given for p in about):
+            covered.append(name)
+        else:
+            missing.append((name, about[0]))
+    return covered, missing
+
+
+def uncovered(answer: str, goal: str, observations: list[str]) -> list[tuple[str, str]]:
+    """The goal's subjects that an answer leaves out, each with a result passage about it, when the
+    answer gives a fact about at least one other subject: "58 metres" to "How deep is Lake Mirren
+    and how high is Mount Hallow?" covers the lake and not the mountain. Empty when the goal names
+    fewer than two subjects found in the results, when the answer says nothing was found, or when it
+    gives no fact of any subject (a computed total, a yes or no): those are not partial answers."""
+    if len(subjects(goal)) < 2 or _REFUSAL.search(answer):
+        return []
+    covered, missing = coverage(answer, goal, observations)
+    return missing if covered else []
+
+
+def unseen(goal: str, observations: list[str]) -> list[str]:
+    """The goal's subjects that no result mentions yet: what a next search should be about."""
+    seen = "\n".join(observations).lower()
+    return [name for name in subjects(goal) if name.lower() not in seen]
+
+
+def is_refusal(answer: str) -> bool:
+    """Whether an answer says the results do not hold what was asked."""
+    return bool(_REFUSAL.search(answer))
+
+
+def miscalculated(answer: str) -> list[str]:
+    """Expressions the answer shows with a result the calculator does not agree with, each written
+    with the calculator's result ("2022 - 1962 = 56" -> ["2022 - 1962 = 60"])."""
+    out = []
+    for m in _SHOWN.finditer(answer):
+        expression, result = m.group(1).strip(), ungroup(m.group(2))
+        if not any(op in expression for op in "+-*/x×÷") or not re.search(r"\d\s*\D+\s*\d", expression):
+            continue
+        try:
+            value = evaluate(expression)
+        except CalculatorError:
+            continue
+        if not _same(result, value):
+            shown = str(value.numerator) if value.denominator == 1 else f"{float(value):.6g}"
+            out.append(f"{expression} = {shown}")
+    return out

@@ -79,6 +79,15 @@ def _plain_numbers(text: str) -> str:
     return ungroup(text)
 
 
+def _passages(text: str) -> set[str]:
+    """A result's passages without their numbers ("[2] ..."), to tell whether a call found anything new."""
+    return {re.sub(r"^\[\d+\]\s*", "", p.strip()) for p in re.split(r"\n(?=\[\d+\])", text) if p.strip()}
+
+
+def _joined(note: str, more: str) -> str:
+    return f"{note}; {more}" if note else more
+
+
 def next_action_label(tool: Tool, last_tool: str = "") -> str:
     if tool.name == "calculator" and last_tool == "calculator":
         return CALCULATE_AGAIN
@@ -169,6 +178,10 @@ class AgentLoop:
         self._waited = 0.0  # seconds spent waiting for a reviewer (not charged to the time budget)
         self._model_index = 0
         self._support_rejected = False  # a final answer was sent back once for naming unseen things
+        #: a final answer sent back once for answering part of the task: (its text, the subjects it covered)
+        self._partial: tuple[str, list[str]] | None = None
+        self._computed: list[str] = []  # sums the loop worked out with the calculator when checking an answer
+        self._stale: set[str] = set()  # tools whose last call returned only what earlier calls had
 
     # -- prompt ------------------------------------------------------------------------------------
 
@@ -181,14 +194,31 @@ class AgentLoop:
             user += "\n\n" + self._history(calls=next_step != NEXT_ACTION["search"])
             if forced:
                 user += (f"\n\nStop now ({forced}). Call final_answer with the answer from the tool results "
-                         "above; if they do not contain it, say so.")
+                         f"above; if they do not contain it, say so.{self._each_subject()}")
+            elif next_step == NEXT_ACTION["search"] and (unseen := self._unseen_subjects()):
+                # the loop can see which of the goal's names no result mentions; a 0.5B model re-asked for the first
+                user += f"\n\nNext: search for what the task asks about {unseen} (no result above mentions it)."
             elif next_step:
                 user += "\n\n" + NEXT_STEP_HINT.get(next_step, f"Next: {next_step}. Do not repeat a call made above.")
+                if next_step == NEXT_ACTION[FINAL_ANSWER]:
+                    user += self._each_subject()
             else:
                 left = self.spec.budget.max_steps - self.usage.steps
                 user += (f"\n\n({left} tool call{'s' if left != 1 else ''} left. If the results answer the task, "
                          "call final_answer.)")
         return [("system", SYSTEM_PROMPT + TOOLS_BLOCK.format(tools=tools)), ("user", user)]
+
+    def _unseen_subjects(self) -> str:
+        return " and ".join(grounding.unseen(self.spec.goal, self._observations()))
+
+    def _each_subject(self) -> str:
+        """For a final answer to a task about several subjects that the results mention: a reminder to
+        answer about each (Qwen2.5-0.5B answered the first part and stopped)."""
+        if not self.config.check_support:
+            return ""
+        seen = "\n".join(self._observations()).lower()
+        names = [n for n in grounding.subjects(self.spec.goal) if n.lower() in seen]
+        return f" The task asks about {' and '.join(names)}: answer about each." if len(names) > 1 else ""
 
     def _history(self, calls: bool = True) -> str:
         """Earlier calls as `tool "argument":` and the raw result: neither JSON nor tags, which measured
@@ -309,11 +339,14 @@ class AgentLoop:
                     answer = str(parsed[1].get("answer", "")).strip()
                     step.arguments = parsed[1]
                 answer = answer or salvage_answer(decision.text)
+                # forced by a repeated call, not by a budget: there is room to send a flawed answer back once
+                if answer and not exhausted and parsed and self._sent_back(answer, step):
+                    continue
                 if not answer:
                     answer = self._fallback(forced)
                     step.note += "; the model gave no answer, the loop wrote one from the observations"
                 else:
-                    answer = self._supported(answer, step)
+                    answer = self._supported(self._with_earlier_part(answer, step), step)
                 step.tool, step.status = FINAL_ANSWER, dt.FINAL
                 step.arguments = step.arguments or {"answer": answer}
                 return self._end(dt.BUDGET_EXHAUSTED if exhausted else dt.COMPLETED, answer,
@@ -330,20 +363,12 @@ class AgentLoop:
             step.tool, step.arguments = name, args
             if name == FINAL_ANSWER:
                 answer = str(args.get("answer", "")).strip()
-                missing = self._unsupported(answer)
-                if missing and self.config.check_support and not self._support_rejected:
-                    # once: the model sees why and may search, calculate or say the results lack it
-                    self._support_rejected = True
-                    step.status = dt.REJECTED
-                    step.observation = (f"Not accepted: the answer names {', '.join(missing)}, which no tool result "
-                                        "contains. Answer only from the results (calculator for arithmetic), or "
-                                        "say that they do not contain the answer.")
-                    step.note = "final answer not supported by the tool results"
-                    self._record_tool_step(step)
+                if self._sent_back(answer, step):
                     continue
                 if answer:
                     step.status = dt.FINAL
-                    return self._end(dt.COMPLETED, self._supported(answer, step), "", step)
+                    return self._end(dt.COMPLETED, self._supported(self._with_earlier_part(answer, step), step), "",
+                                     step)
             tool = self.registry.get(name)
             if tool is None or tool not in self.allowed:
                 allowed = ", ".join(t.name for t in self.allowed)
@@ -391,6 +416,9 @@ class AgentLoop:
         writes the call of that one tool. Asked for a whole call at once, Qwen2.5-0.5B repeated its
         previous call in 31 of 32 benchmark runs; asked what is still missing, it mostly answers right."""
         model = self._model()
+        if not forced and self._stale:
+            # a tool whose last call brought nothing new is not offered until another tool has run
+            tools = [t for t in tools if t.name not in self._stale] or tools
         if forced or not self.steps or len(tools) < 2 or not self.config.choose_then_call:
             return self.decide(self.messages(forced), decision_schema(tools), max_new, model, timeout)
         # final_answer first and the request's tools after it in reverse: the order measured best on the
@@ -454,6 +482,19 @@ class AgentLoop:
                 step.injection_flagged, step.injection_detail = True, detail
                 text = quote_flagged(text)
         step.observation = text
+        if step.status == dt.OK:
+            self._note_staleness(tool.name, step)
+
+    def _note_staleness(self, name: str, step: Step) -> None:
+        """A result whose every passage an earlier call of the same tool already returned brings nothing
+        new: Qwen2.5-0.5B searched the same passage up to four times in a row with reworded queries
+        instead of calculating or answering. That tool is left out of the next decision's options."""
+        earlier = {p for s in self.steps if s.tool == name and s.status == dt.OK for p in _passages(s.observation)}
+        if earlier and _passages(step.observation) <= earlier:
+            self._stale.add(name)
+            step.note = _joined(step.note, "nothing new: every passage was in an earlier result")
+        else:
+            self._stale.clear()
 
     def _observations(self) -> list[str]:
         return [s.observation for s in self.steps if s.status in (dt.OK, dt.REPEATED)]
@@ -463,7 +504,59 @@ class AgentLoop:
         observations = self._observations()
         if not answer or not observations or not self.config.check_support:
             return []
-        return grounding.unsupported(answer, self.spec.goal, observations)
+        return grounding.unsupported(answer, self.spec.goal, observations + self._computed)
+
+    def _sent_back(self, answer: str, step: Step) -> bool:
+        """Record `step` as rejected and return True when the final answer goes back to the model: once
+        for naming what no result holds, once for answering only part of the task."""
+        missing = self._unsupported(answer)
+        if missing and not self._support_rejected:
+            # the model sees why and may search, calculate or say the results lack it
+            self._support_rejected = True
+            # the loop has the calculator: a sum shown with a wrong result is sent back with the right one
+            fixed = grounding.miscalculated(answer)
+            checked = f" The calculator gives {'; '.join(fixed)}." if fixed else ""
+            # the value the loop computed counts as a result for the next answer (not the model's operands)
+            self._computed += [f.rsplit(" = ", 1)[1] for f in fixed]
+            step.observation = (f"Not accepted: the answer names {', '.join(missing)}, which no tool result "
+                                f"contains.{checked} Answer only from the results (calculator for arithmetic), or "
+                                "say that they do not contain the answer.")
+            step.note = _joined(step.note, "final answer not supported by the tool results")
+        else:
+            left_out = self._uncovered(answer) if not missing else []
+            if not left_out or self._partial is not None:
+                return False
+            # a task about two things answered about one, while the results hold the other: a 0.5B model
+            # re-asked for the whole answer wrote the other part alone, so it is asked for that part
+            covered, _ = grounding.coverage(answer, self.spec.goal, self._observations())
+            self._partial = (answer, covered)
+            names = " and ".join(name for name, _ in left_out)
+            said = " ".join(f'"{_plain_numbers(p)}"' for _, p in left_out)
+            step.observation = (f"Not complete: the answer says nothing about {names}, which the task also asks "
+                                f"about. The results say: {said} Call final_answer with the answer about {names}; "
+                                f"it is joined to the answer about {' and '.join(covered)}.")
+            step.note = _joined(step.note, f"final answer leaves out {names}")
+        step.tool, step.status = FINAL_ANSWER, dt.REJECTED
+        self._record_tool_step(step)
+        return True
+
+    def _with_earlier_part(self, answer: str, step: Step) -> str:
+        """The answer to the part that was missing, joined after the earlier partial answer; an answer
+        that covers what the earlier one did (the whole task, or the same part again) stands alone."""
+        if self._partial is None or grounding.is_refusal(answer):
+            return answer
+        first, first_covered = self._partial
+        covered, _ = grounding.coverage(answer, self.spec.goal, self._observations())
+        if not covered or set(first_covered) <= set(covered):
+            return answer
+        step.note = _joined(step.note, "joined to the earlier answer about " + " and ".join(first_covered))
+        return f"{first.rstrip('. ')}; {answer}"
+
+    def _uncovered(self, answer: str) -> list[tuple[str, str]]:
+        """The goal's subjects a partial answer leaves out, with a result about each (grounding.py)."""
+        if not self.config.check_support:
+            return []
+        return grounding.uncovered(answer, self.spec.goal, self._observations())
 
     def _supported(self, answer: str, step: Step) -> str:
         """`answer`, or, when it names things no tool result contains, the loop's own statement that

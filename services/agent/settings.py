@@ -32,7 +32,8 @@ class AgentSettings(ServiceSettings):
         "options, then write that tool's call (docs/agent.md); off: one generation over every allowed tool")
     check_answer_support: bool = Field(
         True, description="A final answer that names things (names, numbers) no tool result or the goal contains is "
-        "sent back once with the reason, then replaced by a statement that the results do not hold the answer"
+        "sent back once with the reason, then replaced by a statement that the results do not hold the answer; one "
+        "that answers only some of the subjects the goal names is sent back once for the missing part"
     )
     final_answer_tokens: int = Field(
         64, description="Tokens the forced final answer may use beyond an exhausted token budget")

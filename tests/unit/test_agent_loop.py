@@ -82,8 +82,8 @@ def registry():
 
 
 def make_loop(registry, model, *, allowed=("search", "calculator"), steps=6, seconds=300.0, tokens=1024,
-              models=None, **kw):
-    spec = RunSpec(goal="How many moons does Mars have, times 12?", allowed_tools=list(allowed),
+              models=None, goal="How many moons does Mars have, times 12?", **kw):
+    spec = RunSpec(goal=goal, allowed_tools=list(allowed),
                    budget=Budget(steps, seconds, tokens), models=models or [], collection="c", run_id="r1",
                    approval_tools=kw.pop("approval_tools", []))
     events = []
@@ -526,3 +526,140 @@ def test_answer_support_rules():
     assert unsupported("3.87 metres", "Per floor?", ["3.868852459"]) == []  # to the precision written
     assert unsupported("Both: August", "Which month?", ["It takes place every August."]) == []
     assert unsupported("Not found in the results.", "Who?", ferry) == []
+
+
+# -- answers that leave out part of the task (grounding.uncovered) ---------------------------------
+
+LAKE_AND_MOUNTAIN = ("[1] Lake Mirren is 58 metres deep. Its water temperature in summer is 17 degrees.\n"
+                     "[2] Mount Hallow rises to 2,870 metres. Its first recorded ascent was in 1864.")
+
+
+def _two_part_registry(registry):
+    registry["search"] = Tool("search", "Search the documents.", registry["search"].parameters,
+                              lambda args, ctx: LAKE_AND_MOUNTAIN)
+    return registry
+
+
+def test_an_answer_to_part_of_a_two_part_task_is_sent_back_once_with_the_other_part(registry):
+    goal = "How deep is Lake Mirren and how high is Mount Hallow?"
+    model = ScriptedModel(call("search", query="Lake Mirren Mount Hallow"), call("final_answer", answer="58 metres"),
+                          call("final_answer", answer="58 metres and 2870 metres"))
+    loop, _ = make_loop(_two_part_registry(registry), model, goal=goal)
+    end = loop.run()
+    rejected = [s for s in loop.steps if s.status == dt.REJECTED]
+    assert len(rejected) == 1 and "says nothing about Mount Hallow" in rejected[0].observation
+    assert "rises to 2870 metres" in rejected[0].observation  # the passage, numbers as the model reads them
+    assert "leaves out Mount Hallow" in rejected[0].note
+    assert "says nothing about Mount Hallow" in model.calls[-1]["messages"][-1][1]
+    assert end.state == dt.COMPLETED and end.final_answer == "58 metres and 2870 metres"
+
+
+def test_a_partial_answer_is_sent_back_only_once_and_whole_or_computed_answers_pass(registry):
+    goal = "How deep is Lake Mirren and how high is Mount Hallow?"
+    model = ScriptedModel(call("search", query="lake and mountain"), call("final_answer", answer="58 metres"),
+                          call("final_answer", answer="Lake Mirren is 58 metres deep."))
+    loop, _ = make_loop(_two_part_registry(registry), model, goal=goal)
+    assert loop.run().final_answer == "Lake Mirren is 58 metres deep."  # the second time it stands
+    for answer in ("Lake Mirren: 58 m; Mount Hallow: 2870 m", "58 + 2870 = 2928", "The results do not say."):
+        model = ScriptedModel(call("search", query="lake and mountain"), call("final_answer", answer=answer))
+        loop, _ = make_loop(_two_part_registry(registry), model, goal=goal)
+        assert loop.run().final_answer == answer and not [s for s in loop.steps if s.status == dt.REJECTED]
+
+
+def test_coverage_rules():
+    from services.agent.grounding import subjects, uncovered
+
+    assert subjects("How deep is Lake Mirren and how high is Mount Hallow?") == ["Lake Mirren", "Mount Hallow"]
+    assert subjects("Give the year the Dorn Observatory was built and the year the Pell Museum's clock dates "
+                    "from.") == ["Dorn Observatory", "Pell Museum"]
+    assert subjects("The Tarsin Tower is how tall? Use the calculator.") == ["Tarsin Tower"]
+    goal = "Which opened first, Kestrel Labs or the Quillon Library? Give both years."
+    seen = ["[1] Kestrel Labs was founded in 1987 in Harrowgate.\n[2] The Quillon Library opened in 1962."]
+    assert [n for n, _ in uncovered("The Quillon Library, in 1962.", goal, seen)] == ["Kestrel Labs"]
+    assert uncovered("1962 and 1987", goal, seen) == []
+    assert uncovered("Kestrel Labs (Harrowgate) and 1962", goal, seen) == []  # any fact of each counts
+    assert uncovered("The Quillon Library opened first.", goal, seen) == []  # no fact of either: not partial
+    # a subject no result mentions is the support check's business
+    assert uncovered("1962", "When did the Quillon Library and the Zorn Hall open?", seen) == []
+    assert uncovered("58", "How deep is Lake Mirren?", [LAKE_AND_MOUNTAIN]) == []  # one subject: nothing to cover
+
+
+def test_an_answer_forced_by_a_repeated_call_can_still_be_sent_back_once(registry):
+    goal = "How deep is Lake Mirren and how high is Mount Hallow?"
+    model = ScriptedModel(call("search", query="Lake Mirren"), call("search", query="Lake Mirren"),
+                          call("final_answer", answer="58 metres"), call("final_answer", answer="58 m, 2870 m"))
+    loop, _ = make_loop(_two_part_registry(registry), model, goal=goal)
+    end = loop.run()
+    assert [s.status for s in loop.steps] == [dt.OK, dt.REPEATED, dt.REJECTED, dt.FINAL]
+    assert loop.steps[2].forced and loop.steps[3].forced  # still only final_answer after the repeat
+    assert schema_tools(model.calls[-1]["schema"]) == ["final_answer"]
+    assert end.final_answer == "58 m, 2870 m"
+
+
+def test_a_budget_forced_answer_is_never_sent_back(registry):
+    goal = "How deep is Lake Mirren and how high is Mount Hallow?"
+    model = ScriptedModel(call("search", query="lake"), call("final_answer", answer="58 metres"))
+    loop, _ = make_loop(_two_part_registry(registry), model, goal=goal, steps=1)
+    end = loop.run()
+    assert end.state == dt.BUDGET_EXHAUSTED and end.final_answer == "58 metres"
+    assert not [s for s in loop.steps if s.status == dt.REJECTED]
+
+
+def test_a_second_search_is_pointed_at_the_subject_no_result_mentions(registry):
+    registry["search"] = Tool("search", "Search the documents.", registry["search"].parameters,
+                              lambda args, ctx: "[1] The Ostrel railway line is 96 kilometres long.")
+    goal = "How long is the Ostrel railway line, and how many books does the Quillon Library hold?"
+    model = ScriptedModel(call("search", query="Ostrel railway"), call("search", query="Quillon Library books"),
+                          call("final_answer", answer="96 km; the results do not say how many books."))
+    loop, _ = make_loop(registry, model, goal=goal)
+    loop.run()
+    second = model.calls[1]["messages"][-1][1]  # the call half of the second decision
+    assert "search for what the task asks about Quillon Library (no result above mentions it)" in second
+
+
+def test_the_missing_part_answered_alone_is_joined_to_the_earlier_part(registry):
+    goal = "How deep is Lake Mirren and how high is Mount Hallow?"
+    model = ScriptedModel(call("search", query="lake and mountain"), call("final_answer", answer="58 metres."),
+                          call("final_answer", answer="2870 metres"))
+    loop, _ = make_loop(_two_part_registry(registry), model, goal=goal)
+    end = loop.run()
+    assert "Call final_answer with the answer about Mount Hallow; it is joined to the answer about Lake Mirren" \
+        in loop.steps[1].observation
+    assert end.final_answer == "58 metres; 2870 metres"
+    assert "joined to the earlier answer about Lake Mirren" in loop.steps[-1].note
+    # a refusal for the missing part is not joined: it stands as the model's answer
+    model = ScriptedModel(call("search", query="lake and mountain"), call("final_answer", answer="58 metres"),
+                          call("final_answer", answer="The results do not say."))
+    loop, _ = make_loop(_two_part_registry(registry), model, goal=goal)
+    assert loop.run().final_answer == "The results do not say."
+
+
+def test_a_wrong_sum_is_sent_back_with_the_calculators_result_and_several_subjects_are_named(registry):
+    registry["search"] = Tool("search", "Search the documents.", registry["search"].parameters,
+                              lambda args, ctx: "[1] The Quillon Library opened in 1962.")
+    model = ScriptedModel(call("search", query="Quillon Library"),
+                          call("final_answer", answer="2022 - 1962 = 56"), call("final_answer", answer="60"))
+    loop, _ = make_loop(registry, model, goal="How old was the Quillon Library in 2022?")
+    end = loop.run()
+    assert "The calculator gives 2022 - 1962 = 60." in loop.steps[1].observation
+    assert end.final_answer == "60"  # the loop's own calculation counts as a result
+    goal = "How deep is Lake Mirren and how high is Mount Hallow?"
+    model = ScriptedModel(call("search", query="lake"), call("final_answer", answer="58 m and 2870 m"))
+    loop, _ = make_loop(_two_part_registry(registry), model, goal=goal)
+    loop.run()
+    assert "The task asks about Lake Mirren and Mount Hallow: answer about each." in model.calls[-1]["messages"][-1][1]
+
+
+def test_a_search_that_brings_nothing_new_is_not_offered_next(registry):
+    registry["search"] = Tool("search", "Search the documents.", registry["search"].parameters,
+                              lambda args, ctx: "[1] The Orvath Bridge opened in 1931.")
+    model = ScriptedModel(call("search", query="Orvath Bridge"), call("search", query="Orvath Bridge opening"),
+                          call("calculator", expression="2020 - 1931"), call("search", query="bridge"),
+                          call("final_answer", answer="89"))
+    loop, _ = make_loop(registry, model, goal="How many years passed between the Orvath Bridge opening and 2020?")
+    assert loop.run().final_answer == "89"
+    assert "nothing new" in loop.steps[1].note and "nothing new" not in loop.steps[0].note
+    offered = [options for options, _ in model.choices]
+    assert any(o.startswith("search again") for o in offered[0])  # after the first search
+    assert not any(o.startswith("search again") for o in offered[1])  # after the stale one
+    assert any(o.startswith("search again") for o in offered[2])  # the calculator ran since: offered again
