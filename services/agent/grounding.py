@@ -213,3 +213,40 @@ def miscalculated(answer: str) -> list[str]:
             shown = str(value.numerator) if value.denominator == 1 else f"{float(value):.6g}"
             out.append(f"{expression} = {shown}")
     return out
+
+
+#: numbers an expression may use without a source: unit conversions and "double", "per cent", ...
+COMMON_CONSTANTS = {Fraction(n) for n in (1, 2, 10, 12, 24, 60, 100, 365, 1000)}
+
+
+def unsourced_numbers(expression: str, goal: str, observations: list[str]) -> list[str]:
+    """The numbers of a calculator expression that neither the goal nor a result holds (nor a
+    common constant): Qwen2.5-0.5B wrote "450*(2+3)" for "double 450" and "10*(2+3)" before it had
+    searched at all."""
+    seen = goal + "\n" + "\n".join(observations)
+    known = {v for n in _numbers(seen) + _spelled(seen) if (v := _value(n)) is not None} | COMMON_CONSTANTS
+    out = []
+    for number in _numbers(expression.replace("-", " ")):  # "2022-1962": a minus, not a negative number
+        value = _value(number)
+        if value is not None and value not in known and number not in out:
+            out.append(number)
+    return out
+
+
+# words that make a goal ask for arithmetic on what is found, not for a number as written
+_ARITHMETIC = re.compile(
+    r"\b(plus|minus|times|multipl\w*|divided|divide|double|twice|triple|half|halve|subtract\w*|add(?:ed)?|sum|total|"
+    r"difference|average|per|how many years (?:passed|after|before|between|ago|later|old)|how old|in total)\b", re.I)
+
+
+def copied_not_computed(answer: str, goal: str, observations: list[str]) -> str:
+    """When the goal asks for arithmetic and every number in the answer is one the goal or a result
+    holds as written (none computed, no sum shown): the arithmetic word of the goal; else "".
+    "How many years passed between the bridge opening and 2020?" -> "1931" is a found number."""
+    cue = _ARITHMETIC.search(goal)
+    numbers = _numbers(answer)
+    if not cue or not numbers or _REFUSAL.search(answer) or _SHOWN.search(answer):
+        return ""
+    seen = goal + "\n" + "\n".join(observations)
+    found = {v for n in _numbers(seen) if (v := _value(n)) is not None}
+    return cue.group(0) if all(_value(n) in found for n in numbers) else ""

@@ -79,11 +79,6 @@ def _plain_numbers(text: str) -> str:
     return ungroup(text)
 
 
-def _passages(text: str) -> set[str]:
-    """A result's passages without their numbers ("[2] ..."), to tell whether a call found anything new."""
-    return {re.sub(r"^\[\d+\]\s*", "", p.strip()) for p in re.split(r"\n(?=\[\d+\])", text) if p.strip()}
-
-
 def _joined(note: str, more: str) -> str:
     return f"{note}; {more}" if note else more
 
@@ -180,8 +175,8 @@ class AgentLoop:
         self._support_rejected = False  # a final answer was sent back once for naming unseen things
         #: a final answer sent back once for answering part of the task: (its text, the subjects it covered)
         self._partial: tuple[str, list[str]] | None = None
+        self._arithmetic_rejected = False  # ... or once for a found number where the goal asks for arithmetic
         self._computed: list[str] = []  # sums the loop worked out with the calculator when checking an answer
-        self._stale: set[str] = set()  # tools whose last call returned only what earlier calls had
 
     # -- prompt ------------------------------------------------------------------------------------
 
@@ -394,6 +389,15 @@ class AgentLoop:
                 forced = "the same call was made twice in a row"
                 self._record_tool_step(step)
                 continue
+            unsourced = self._unsourced(name, args)
+            if unsourced:
+                step.status = dt.REJECTED
+                step.observation = (f"Not run: the expression uses {', '.join(unsourced)}, which neither the task nor "
+                                    "any tool result contains. Calculate with the numbers found above (search "
+                                    "first when there are none).")
+                step.note = "calculator numbers from neither the task nor the results"
+                self._record_tool_step(step)
+                continue
             if tool.approval or name in self.spec.approval_tools:
                 verdict = self._approval(step)
                 if verdict is None:
@@ -416,9 +420,6 @@ class AgentLoop:
         writes the call of that one tool. Asked for a whole call at once, Qwen2.5-0.5B repeated its
         previous call in 31 of 32 benchmark runs; asked what is still missing, it mostly answers right."""
         model = self._model()
-        if not forced and self._stale:
-            # a tool whose last call brought nothing new is not offered until another tool has run
-            tools = [t for t in tools if t.name not in self._stale] or tools
         if forced or not self.steps or len(tools) < 2 or not self.config.choose_then_call:
             return self.decide(self.messages(forced), decision_schema(tools), max_new, model, timeout)
         # final_answer first and the request's tools after it in reverse: the order measured best on the
@@ -482,28 +483,33 @@ class AgentLoop:
                 step.injection_flagged, step.injection_detail = True, detail
                 text = quote_flagged(text)
         step.observation = text
-        if step.status == dt.OK:
-            self._note_staleness(tool.name, step)
-
-    def _note_staleness(self, name: str, step: Step) -> None:
-        """A result whose every passage an earlier call of the same tool already returned brings nothing
-        new: Qwen2.5-0.5B searched the same passage up to four times in a row with reworded queries
-        instead of calculating or answering. That tool is left out of the next decision's options."""
-        earlier = {p for s in self.steps if s.tool == name and s.status == dt.OK for p in _passages(s.observation)}
-        if earlier and _passages(step.observation) <= earlier:
-            self._stale.add(name)
-            step.note = _joined(step.note, "nothing new: every passage was in an earlier result")
-        else:
-            self._stale.clear()
 
     def _observations(self) -> list[str]:
-        return [s.observation for s in self.steps if s.status in (dt.OK, dt.REPEATED)]
+        """Results of calls that ran (a repeated call's copy is already there as the original; a
+        rejected call's text is the loop's, not a result)."""
+        return [s.observation for s in self.steps if s.status == dt.OK]
+
+    def _copied_not_computed(self, answer: str) -> str:
+        """The goal's arithmetic word when the answer is a found number and no calculation was made."""
+        calculator = self.registry.get("calculator")
+        if not self.config.check_support or calculator not in self.allowed or any(
+                s.tool == "calculator" and s.status == dt.OK for s in self.steps):
+            return ""
+        return grounding.copied_not_computed(answer, self.spec.goal, self._observations())
+
+    def _unsourced(self, name: str, args: dict) -> list[str]:
+        """For the built-in calculator: the expression's numbers that come from nowhere in the run."""
+        if name != "calculator" or not self.config.check_support or not isinstance(args.get("expression"), str):
+            return []
+        return grounding.unsourced_numbers(args["expression"], self.spec.goal, self._observations() + self._computed)
 
     def _unsupported(self, answer: str) -> list[str]:
         """What `answer` names that no tool result holds; nothing to check before any tool ran."""
         observations = self._observations()
-        if not answer or not observations or not self.config.check_support:
+        if not answer or not self.config.check_support:
             return []
+        if not observations:  # nothing to check names against; a sum shown wrong is still wrong
+            return [f.rsplit(" = ", 1)[1] for f in grounding.miscalculated(answer)]
         return grounding.unsupported(answer, self.spec.goal, observations + self._computed)
 
     def _sent_back(self, answer: str, step: Step) -> bool:
@@ -522,6 +528,14 @@ class AgentLoop:
                                 f"contains.{checked} Answer only from the results (calculator for arithmetic), or "
                                 "say that they do not contain the answer.")
             step.note = _joined(step.note, "final answer not supported by the tool results")
+        elif (cue := self._copied_not_computed(answer)) and not self._arithmetic_rejected:
+            # the goal asks for arithmetic and the answer is a number as found: no calculation was made
+            self._arithmetic_rejected = True
+            how = ("Call calculator with the expression on the numbers found above." if not step.forced else
+                   "Write the expression on the numbers found above and its result in final_answer.")
+            step.observation = (f"Not accepted yet: the task asks for arithmetic (\"{cue}\"), and the answer gives a "
+                                f"number as found in the results, not the result of that arithmetic. {how}")
+            step.note = _joined(step.note, "final answer copies a number where the task asks for arithmetic")
         else:
             left_out = self._uncovered(answer) if not missing else []
             if not left_out or self._partial is not None:

@@ -33,7 +33,9 @@ class AgentSettings(ServiceSettings):
     check_answer_support: bool = Field(
         True, description="A final answer that names things (names, numbers) no tool result or the goal contains is "
         "sent back once with the reason, then replaced by a statement that the results do not hold the answer; one "
-        "that answers only some of the subjects the goal names is sent back once for the missing part"
+        "that answers only some of the subjects the goal names is sent back once for the missing part; a calculator "
+        "expression with numbers from neither the goal nor the results is not run; a found number given where the goal "
+        "asks for arithmetic is sent back once"
     )
     final_answer_tokens: int = Field(
         64, description="Tokens the forced final answer may use beyond an exhausted token budget")

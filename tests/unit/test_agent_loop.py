@@ -650,16 +650,65 @@ def test_a_wrong_sum_is_sent_back_with_the_calculators_result_and_several_subjec
     assert "The task asks about Lake Mirren and Mount Hallow: answer about each." in model.calls[-1]["messages"][-1][1]
 
 
-def test_a_search_that_brings_nothing_new_is_not_offered_next(registry):
+
+def test_a_calculation_with_numbers_from_nowhere_is_not_run(registry):
+    registry["search"] = Tool("search", "Search the documents.", registry["search"].parameters,
+                              lambda args, ctx: "[1] The Pell Museum displays 450 clocks.")
+    model = ScriptedModel(call("search", query="Pell Museum"), call("calculator", expression="450*(2+3)"),
+                          call("calculator", expression="450*2"), call("final_answer", answer="900"))
+    loop, _ = make_loop(registry, model, goal="How many clocks does the Pell Museum display? Double that number.")
+    assert loop.run().final_answer == "900"
+    rejected = loop.steps[1]
+    assert rejected.status == dt.REJECTED and rejected.tool == "calculator"
+    assert "Not run: the expression uses 3, which neither the task nor any tool result contains" in rejected.observation
+    assert loop.steps[2].status == dt.OK and loop.steps[2].observation == "900"
+
+
+def test_calculator_sources():
+    from services.agent.grounding import unsourced_numbers
+
+    trees = ["Brisk Orchard grows 1,150 apple trees and 320 pear trees."]
+    assert unsourced_numbers("1150 + 320", "How many trees?", trees) == []
+    assert unsourced_numbers("2022-1962", "How old was it in 2022?", ["It opened in 1962."]) == []
+    assert unsourced_numbers("35 * 60", "How many seconds?", ["35 minutes"]) == []  # a unit conversion
+    assert unsourced_numbers("10*(2+3)", "How tall is the tower?", []) == ["3"]
+    assert unsourced_numbers("320 / 4", "Split the pears four ways.", trees) == []  # a spelled-out number
+
+
+def test_a_found_number_where_the_task_asks_for_arithmetic_is_sent_back_once(registry):
     registry["search"] = Tool("search", "Search the documents.", registry["search"].parameters,
                               lambda args, ctx: "[1] The Orvath Bridge opened in 1931.")
-    model = ScriptedModel(call("search", query="Orvath Bridge"), call("search", query="Orvath Bridge opening"),
-                          call("calculator", expression="2020 - 1931"), call("search", query="bridge"),
-                          call("final_answer", answer="89"))
-    loop, _ = make_loop(registry, model, goal="How many years passed between the Orvath Bridge opening and 2020?")
-    assert loop.run().final_answer == "89"
-    assert "nothing new" in loop.steps[1].note and "nothing new" not in loop.steps[0].note
-    offered = [options for options, _ in model.choices]
-    assert any(o.startswith("search again") for o in offered[0])  # after the first search
-    assert not any(o.startswith("search again") for o in offered[1])  # after the stale one
-    assert any(o.startswith("search again") for o in offered[2])  # the calculator ran since: offered again
+    goal = "How many years passed between the Orvath Bridge opening and 2020?"
+    model = ScriptedModel(call("search", query="Orvath Bridge"), call("final_answer", answer="1931"),
+                          call("calculator", expression="2020 - 1931"), call("final_answer", answer="89 years"))
+    loop, _ = make_loop(registry, model, goal=goal)
+    assert loop.run().final_answer == "89 years"
+    assert loop.steps[1].status == dt.REJECTED
+    assert 'the task asks for arithmetic ("How many years passed")' in loop.steps[1].observation
+    assert "Call calculator with the expression" in loop.steps[1].observation
+    # once only: a second found number stands (the support check still applies to it)
+    model = ScriptedModel(call("search", query="Orvath Bridge"), call("final_answer", answer="1931"),
+                          call("final_answer", answer="1931"))
+    loop, _ = make_loop(registry, model, goal=goal)
+    assert loop.run().final_answer == "1931"
+    # a lookup is not arithmetic, and a shown sum is a calculation
+    for task, answer in (("When did the Orvath Bridge open?", "1931"), (goal, "2020 - 1931 = 89")):
+        model = ScriptedModel(call("search", query="Orvath Bridge"), call("final_answer", answer=answer))
+        loop, _ = make_loop(registry, model, goal=task)
+        assert loop.run().final_answer == answer and len(loop.steps) == 2
+
+
+def test_a_repeated_rejected_call_is_not_a_result_and_sums_are_checked_before_any_result(registry):
+    registry["search"] = Tool("search", "Search the documents.", registry["search"].parameters,
+                              lambda args, ctx: "[1] The Pell Museum displays 450 clocks.")
+    model = ScriptedModel(call("search", query="Pell"), call("calculator", expression="450*(2+3)"),
+                          call("calculator", expression="450*(2+3)"), call("final_answer", answer="450*(2+3)"),
+                          call("final_answer", answer="450*(2+3)"))
+    loop, _ = make_loop(registry, model, goal="How many clocks does the Pell Museum display? Double that number.")
+    end = loop.run()
+    assert [s.status for s in loop.steps][:3] == [dt.OK, dt.REJECTED, dt.REPEATED]
+    assert end.final_answer.startswith("The tool results do not contain the answer.")  # "3" is in no result
+    model = ScriptedModel(call("final_answer", answer="10*(2+3) = 26"), call("final_answer", answer="50"))
+    loop, _ = make_loop(registry, model, goal="What is ten times five?")
+    loop.run()
+    assert "The calculator gives 10*(2+3) = 50." in loop.steps[0].observation
