@@ -12,6 +12,7 @@ holds the word; lowercase words matter only when the answer has nothing else ("r
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from fractions import Fraction
 
 from services.agent.calculator import CalculatorError, evaluate, ungroup
@@ -67,20 +68,21 @@ def _same(written: str, known: Fraction) -> bool:
     return abs(value - known) <= Fraction(1, 2 * 10**decimals)
 
 
-def _confirmed(answer: str) -> set[str]:
-    """Results of expressions shown in the answer that the calculator agrees with."""
-    out = set()
+def _shown_sums(answer: str) -> Iterator[tuple[str, str, Fraction]]:
+    """(expression, the result written, the calculator's value) for each sum the answer shows."""
     for m in _SHOWN.finditer(answer):
         expression, result = m.group(1).strip(), ungroup(m.group(2))
         if not any(op in expression for op in "+-*/x×÷") or not re.search(r"\d\s*\D+\s*\d", expression):
             continue
         try:
-            value = evaluate(expression)
+            yield expression, result, evaluate(expression)
         except CalculatorError:
             continue
-        if _same(result, value):
-            out.add(result)
-    return out
+
+
+def _confirmed(answer: str) -> set[str]:
+    """Results of expressions shown in the answer that the calculator agrees with."""
+    return {result for _, result, value in _shown_sums(answer) if _same(result, value)}
 
 
 def _stem(word: str) -> str:
@@ -201,14 +203,7 @@ def miscalculated(answer: str) -> list[str]:
     """Expressions the answer shows with a result the calculator does not agree with, each written
     with the calculator's result ("2022 - 1962 = 56" -> ["2022 - 1962 = 60"])."""
     out = []
-    for m in _SHOWN.finditer(answer):
-        expression, result = m.group(1).strip(), ungroup(m.group(2))
-        if not any(op in expression for op in "+-*/x×÷") or not re.search(r"\d\s*\D+\s*\d", expression):
-            continue
-        try:
-            value = evaluate(expression)
-        except CalculatorError:
-            continue
+    for expression, result, value in _shown_sums(answer):
         if not _same(result, value):
             shown = str(value.numerator) if value.denominator == 1 else f"{float(value):.6g}"
             out.append(f"{expression} = {shown}")

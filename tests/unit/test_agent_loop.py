@@ -534,18 +534,24 @@ LAKE_AND_MOUNTAIN = ("[1] Lake Mirren is 58 metres deep. Its water temperature i
                      "[2] Mount Hallow rises to 2,870 metres. Its first recorded ascent was in 1864.")
 
 
+TWO_PART_GOAL = "How deep is Lake Mirren and how high is Mount Hallow?"
+
+
 def _two_part_registry(registry):
     registry["search"] = Tool("search", "Search the documents.", registry["search"].parameters,
                               lambda args, ctx: LAKE_AND_MOUNTAIN)
     return registry
 
 
+def _two_part_run(registry, *answers: str):
+    """The two-part goal: one search returning both passages, then the scripted final answers."""
+    model = ScriptedModel(call("search", query="lake and mountain"), *(call("final_answer", answer=a) for a in answers))
+    loop, _ = make_loop(_two_part_registry(registry), model, goal=TWO_PART_GOAL)
+    return loop, loop.run(), model
+
+
 def test_an_answer_to_part_of_a_two_part_task_is_sent_back_once_with_the_other_part(registry):
-    goal = "How deep is Lake Mirren and how high is Mount Hallow?"
-    model = ScriptedModel(call("search", query="Lake Mirren Mount Hallow"), call("final_answer", answer="58 metres"),
-                          call("final_answer", answer="58 metres and 2870 metres"))
-    loop, _ = make_loop(_two_part_registry(registry), model, goal=goal)
-    end = loop.run()
+    loop, end, model = _two_part_run(registry, "58 metres", "58 metres and 2870 metres")
     rejected = [s for s in loop.steps if s.status == dt.REJECTED]
     assert len(rejected) == 1 and "says nothing about Mount Hallow" in rejected[0].observation
     assert "rises to 2870 metres" in rejected[0].observation  # the passage, numbers as the model reads them
@@ -555,15 +561,11 @@ def test_an_answer_to_part_of_a_two_part_task_is_sent_back_once_with_the_other_p
 
 
 def test_a_partial_answer_is_sent_back_only_once_and_whole_or_computed_answers_pass(registry):
-    goal = "How deep is Lake Mirren and how high is Mount Hallow?"
-    model = ScriptedModel(call("search", query="lake and mountain"), call("final_answer", answer="58 metres"),
-                          call("final_answer", answer="Lake Mirren is 58 metres deep."))
-    loop, _ = make_loop(_two_part_registry(registry), model, goal=goal)
-    assert loop.run().final_answer == "Lake Mirren is 58 metres deep."  # the second time it stands
+    _, end, _ = _two_part_run(registry, "58 metres", "Lake Mirren is 58 metres deep.")
+    assert end.final_answer == "Lake Mirren is 58 metres deep."  # the second time it stands
     for answer in ("Lake Mirren: 58 m; Mount Hallow: 2870 m", "58 + 2870 = 2928", "The results do not say."):
-        model = ScriptedModel(call("search", query="lake and mountain"), call("final_answer", answer=answer))
-        loop, _ = make_loop(_two_part_registry(registry), model, goal=goal)
-        assert loop.run().final_answer == answer and not [s for s in loop.steps if s.status == dt.REJECTED]
+        loop, end, _ = _two_part_run(registry, answer)
+        assert end.final_answer == answer and not [s for s in loop.steps if s.status == dt.REJECTED]
 
 
 def test_coverage_rules():
@@ -585,7 +587,7 @@ def test_coverage_rules():
 
 
 def test_an_answer_forced_by_a_repeated_call_can_still_be_sent_back_once(registry):
-    goal = "How deep is Lake Mirren and how high is Mount Hallow?"
+    goal = TWO_PART_GOAL
     model = ScriptedModel(call("search", query="Lake Mirren"), call("search", query="Lake Mirren"),
                           call("final_answer", answer="58 metres"), call("final_answer", answer="58 m, 2870 m"))
     loop, _ = make_loop(_two_part_registry(registry), model, goal=goal)
@@ -597,7 +599,7 @@ def test_an_answer_forced_by_a_repeated_call_can_still_be_sent_back_once(registr
 
 
 def test_a_budget_forced_answer_is_never_sent_back(registry):
-    goal = "How deep is Lake Mirren and how high is Mount Hallow?"
+    goal = TWO_PART_GOAL
     model = ScriptedModel(call("search", query="lake"), call("final_answer", answer="58 metres"))
     loop, _ = make_loop(_two_part_registry(registry), model, goal=goal, steps=1)
     end = loop.run()
@@ -618,20 +620,13 @@ def test_a_second_search_is_pointed_at_the_subject_no_result_mentions(registry):
 
 
 def test_the_missing_part_answered_alone_is_joined_to_the_earlier_part(registry):
-    goal = "How deep is Lake Mirren and how high is Mount Hallow?"
-    model = ScriptedModel(call("search", query="lake and mountain"), call("final_answer", answer="58 metres."),
-                          call("final_answer", answer="2870 metres"))
-    loop, _ = make_loop(_two_part_registry(registry), model, goal=goal)
-    end = loop.run()
+    loop, end, _ = _two_part_run(registry, "58 metres.", "2870 metres")
     assert "Call final_answer with the answer about Mount Hallow; it is joined to the answer about Lake Mirren" \
         in loop.steps[1].observation
     assert end.final_answer == "58 metres; 2870 metres"
     assert "joined to the earlier answer about Lake Mirren" in loop.steps[-1].note
     # a refusal for the missing part is not joined: it stands as the model's answer
-    model = ScriptedModel(call("search", query="lake and mountain"), call("final_answer", answer="58 metres"),
-                          call("final_answer", answer="The results do not say."))
-    loop, _ = make_loop(_two_part_registry(registry), model, goal=goal)
-    assert loop.run().final_answer == "The results do not say."
+    assert _two_part_run(registry, "58 metres", "The results do not say.")[1].final_answer == "The results do not say."
 
 
 def test_a_wrong_sum_is_sent_back_with_the_calculators_result_and_several_subjects_are_named(registry):
@@ -643,10 +638,7 @@ def test_a_wrong_sum_is_sent_back_with_the_calculators_result_and_several_subjec
     end = loop.run()
     assert "The calculator gives 2022 - 1962 = 60." in loop.steps[1].observation
     assert end.final_answer == "60"  # the loop's own calculation counts as a result
-    goal = "How deep is Lake Mirren and how high is Mount Hallow?"
-    model = ScriptedModel(call("search", query="lake"), call("final_answer", answer="58 m and 2870 m"))
-    loop, _ = make_loop(_two_part_registry(registry), model, goal=goal)
-    loop.run()
+    _, _, model = _two_part_run(registry, "58 m and 2870 m")
     assert "The task asks about Lake Mirren and Mount Hallow: answer about each." in model.calls[-1]["messages"][-1][1]
 
 
