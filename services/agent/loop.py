@@ -504,7 +504,8 @@ class AgentLoop:
         return grounding.unsourced_numbers(args["expression"], self.spec.goal, self._observations() + self._computed)
 
     def _unsupported(self, answer: str) -> list[str]:
-        """What `answer` names that no tool result holds; nothing to check before any tool ran."""
+        """What `answer` names that no tool result holds; before any result, only the results of sums it
+        shows wrong (an answer to a goal that needs no tool is not held to results)."""
         observations = self._observations()
         if not answer or not self.config.check_support:
             return []
@@ -514,7 +515,8 @@ class AgentLoop:
 
     def _sent_back(self, answer: str, step: Step) -> bool:
         """Record `step` as rejected and return True when the final answer goes back to the model: once
-        for naming what no result holds, once for answering only part of the task."""
+        for naming what no result holds, once for a found number where the goal asks for arithmetic,
+        once for answering only part of the task."""
         missing = self._unsupported(answer)
         if missing and not self._support_rejected:
             # the model sees why and may search, calculate or say the results lack it
