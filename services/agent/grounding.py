@@ -210,20 +210,21 @@ def miscalculated(answer: str) -> list[str]:
     return out
 
 
-#: numbers an expression may use without a source: unit conversions and "double", "per cent", ...
-COMMON_CONSTANTS = {Fraction(n) for n in (1, 2, 10, 12, 24, 60, 100, 365, 1000)}
+#: whole numbers an expression may use without a source: "double", per cent, days, weeks, units
+COMMON_CONSTANTS = {Fraction(n) for n in (1, 2, 7, 10, 12, 24, 52, 60, 100, 365, 1000)}
 
 
 def unsourced_numbers(expression: str, goal: str, observations: list[str]) -> list[str]:
-    """The numbers of a calculator expression that neither the goal nor a result holds (nor a
+    """The whole numbers of a calculator expression that neither the goal nor a result holds (nor a
     common constant): Qwen2.5-0.5B wrote "450*(2+3)" for "double 450" and "10*(2+3)" before it had
-    searched at all."""
+    searched at all. Decimals pass: they are mostly conversion factors a model knows (1.609, 2.54)."""
     seen = goal + "\n" + "\n".join(observations)
     known = {v for n in _numbers(seen) + _spelled(seen) if (v := _value(n)) is not None} | COMMON_CONSTANTS
     out = []
     for number in _numbers(expression.replace("-", " ")):  # "2022-1962": a minus, not a negative number
         value = _value(number)
-        if value is not None and value not in known and number not in out:
+        if value is not None and value.denominator == 1 and "." not in number and value not in known \
+                and number not in out:
             out.append(number)
     return out
 

@@ -665,6 +665,8 @@ def test_calculator_sources():
     assert unsourced_numbers("35 * 60", "How many seconds?", ["35 minutes"]) == []  # a unit conversion
     assert unsourced_numbers("10*(2+3)", "How tall is the tower?", []) == ["3"]
     assert unsourced_numbers("320 / 4", "Split the pears four ways.", trees) == []  # a spelled-out number
+    assert unsourced_numbers("96 * 0.621", "How long in miles?", ["96 kilometres"]) == []  # a conversion factor
+    assert unsourced_numbers("96 * 7 * 3", "Per week?", ["96 kilometres"]) == ["3"]
 
 
 def test_a_found_number_where_the_task_asks_for_arithmetic_is_sent_back_once(registry):
