@@ -182,7 +182,7 @@ def uncovered(answer: str, goal: str, observations: list[str]) -> list[tuple[str
     and how high is Mount Hallow?" covers the lake and not the mountain. Empty when the goal names
     fewer than two subjects found in the results, when the answer says nothing was found, or when it
     gives no fact of any subject (a computed total, a yes or no): those are not partial answers."""
-    if len(subjects(goal)) < 2 or _REFUSAL.search(answer):
+    if len(subjects(goal)) < 2 or is_refusal(answer):
         return []
     covered, missing = coverage(answer, goal, observations)
     return missing if covered else []
@@ -199,14 +199,13 @@ def is_refusal(answer: str) -> bool:
     return bool(_REFUSAL.search(answer))
 
 
-def miscalculated(answer: str) -> list[str]:
-    """Expressions the answer shows with a result the calculator does not agree with, each written
-    with the calculator's result ("2022 - 1962 = 56" -> ["2022 - 1962 = 60"])."""
+def miscalculated(answer: str) -> list[tuple[str, str]]:
+    """(expression, the calculator's result) for each sum the answer shows with another result
+    ("2022 - 1962 = 56" -> [("2022 - 1962", "60")])."""
     out = []
     for expression, result, value in _shown_sums(answer):
         if not _same(result, value):
-            shown = str(value.numerator) if value.denominator == 1 else f"{float(value):.6g}"
-            out.append(f"{expression} = {shown}")
+            out.append((expression, str(value.numerator) if value.denominator == 1 else f"{float(value):.6g}"))
     return out
 
 

@@ -510,7 +510,7 @@ class AgentLoop:
         if not answer or not self.config.check_support:
             return []
         if not observations:  # nothing to check names against; a sum shown wrong is still wrong
-            return [f.rsplit(" = ", 1)[1] for f in grounding.miscalculated(answer)]
+            return [value for _, value in grounding.miscalculated(answer)]
         return grounding.unsupported(answer, self.spec.goal, observations + self._computed)
 
     def _sent_back(self, answer: str, step: Step) -> bool:
@@ -523,9 +523,9 @@ class AgentLoop:
             self._support_rejected = True
             # the loop has the calculator: a sum shown with a wrong result is sent back with the right one
             fixed = grounding.miscalculated(answer)
-            checked = f" The calculator gives {'; '.join(fixed)}." if fixed else ""
+            checked = f" The calculator gives {'; '.join(f'{e} = {v}' for e, v in fixed)}." if fixed else ""
             # the value the loop computed counts as a result for the next answer (not the model's operands)
-            self._computed += [f.rsplit(" = ", 1)[1] for f in fixed]
+            self._computed += [value for _, value in fixed]
             step.observation = (f"Not accepted: the answer names {', '.join(missing)}, which no tool result "
                                 f"contains.{checked} Answer only from the results (calculator for arithmetic), or "
                                 "say that they do not contain the answer.")
