@@ -172,6 +172,10 @@ def judge(task: dict, answer: str, tools_called: list[str]) -> bool:
                 return False
         elif not any(_mentions(text, _norm(alt)) for alt in e.split("|")):
             return False
+    result = re.findall(r"=\s*(-?[\d.]+)", text)
+    if len(task["expect"]) == 1 and result and not any(
+            _mentions(result[-1], _norm(alt)) for alt in task["expect"][0].split("|")):
+        return False  # "1150 + 320 = 1470" mentions 320 but answers 1470
     return True
 
 
