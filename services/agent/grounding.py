@@ -231,7 +231,8 @@ def unsourced_numbers(expression: str, goal: str, observations: list[str]) -> li
 # words that make a goal ask for arithmetic on what is found, not for a number as written
 _ARITHMETIC = re.compile(
     r"\b(plus|minus|times|multipl\w*|divided|divide|double|twice|triple|half|halve|subtract\w*|add(?:ed)?|sum|total|"
-    r"difference|average|per|how many years (?:passed|after|before|between|ago|later|old)|how old|in total)\b", re.I)
+    r"difference|average|per|how many years (?:passed|after|before|between|ago|later|old)|how old|in total|together|"
+    r"combined|altogether)\b", re.I)
 
 
 def copied_not_computed(answer: str, goal: str, observations: list[str]) -> str:
@@ -245,3 +246,116 @@ def copied_not_computed(answer: str, goal: str, observations: list[str]) -> str:
     seen = goal + "\n" + "\n".join(observations)
     found = {v for n in _numbers(seen) if (v := _value(n)) is not None}
     return cue.group(0) if all(_value(n) in found for n in numbers) else ""
+
+
+# -- does the answer's fact answer what the goal asks about? ---------------------------------------
+
+#: words that say which kind of value is asked for, not what it is about ("in which year was it built")
+_KINDS = set("year years month day date time number name".split())
+#: measurements a goal may ask for with one word and a result state with another ("how high" / "rises to
+#: 2,870 metres"); a result naming a different one ("412 metres long" for "how wide") is about something else
+_DIMENSIONS = [set("long length".split()), set("tall height high".split()), set("deep depth".split()),
+               set("wide width broad breadth".split()), set("far distance".split())]
+_LENGTH_UNIT = re.compile(r"^[\s-]*(?:metres?|meters?|m|kilometres?|kilometers?|km|feet|foot|ft|miles?|yards?|"
+                          r"centimetres?|cm|millimetres?|mm)\b", re.I)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\[])")
+
+
+def _root(word: str) -> str:
+    word = word.lower()
+    for suffix in ("ing", "ed", "es", "s"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 4:
+            return word[: -len(suffix)]
+    return word
+
+
+def _related(a: str, b: str) -> bool:
+    """One word's root starts the other's ("employs" / "employees", "opened" / "open")."""
+    a, b = _root(a), _root(b)
+    return min(len(a), len(b)) >= 4 and (a.startswith(b) or b.startswith(a)) or a == b
+
+
+def aspects(goal: str, observations: list[str]) -> list[str]:
+    """What a one-subject goal asks about the subject, as its content words: "What is the ticket price
+    of the Velna Festival?" -> ["ticket", "price"]. A word next to the name that the results also write
+    next to it is part of the name ("the Saffa ferry", "the river Selm"); words for the kind of value
+    (year, number) are left out."""
+    names = subjects(goal)
+    if len(names) != 1:
+        return []
+    words = _WORD.findall(goal)
+    name = names[0].lower()
+    name_words = set(name.split())
+    at = [i for i, w in enumerate(words) if w.lower() in name_words]
+    seen = " ".join(" ".join(observations).lower().split())
+    near = {i for i in ((min(at) - 1, max(at) + 1) if at else ()) if 0 <= i < len(words)
+            and (f"{words[i].lower()} {name}" in seen or f"{name} {words[i].lower()}" in seen)}
+    return [w.lower() for i, w in enumerate(words)
+            if i not in near and i not in at and w.lower() not in _STOP and w.lower() not in _OPENERS
+            and w.lower() not in _KINDS and len(w) > 2]
+
+
+def _passages(observations: list[str]) -> list[str]:
+    return [p.strip() for o in observations for p in re.split(r"\n(?=\[\d+\])|\n{2,}", o) if p.strip()]
+
+
+def _about(sentence: str, number: str, asked: list[str]) -> bool:
+    """Whether a result sentence holding `number` (or a name, with number "") speaks of what is asked."""
+    words = _WORD.findall(sentence)
+    if any(_related(a, w) for a in asked for w in words):
+        return True
+    wanted = [d for d in _DIMENSIONS if d & set(asked)]
+    if not wanted or not number:
+        return False
+    named = [d for d in _DIMENSIONS if d & {w.lower() for w in words}]
+    if any(d not in wanted for d in named):
+        return False  # "412 metres long" does not say how wide
+    for m in _NUMBER.finditer(sentence):
+        if ungroup(m.group(0)) == number and _LENGTH_UNIT.match(sentence[m.end():]):
+            return True
+    return False
+
+
+def off_topic(answer: str, goal: str, observations: list[str]) -> tuple[str, str] | None:
+    """(the fact, the result sentence it came from) when a one-subject answer gives facts found in
+    the results and none of them comes from a sentence about what the goal asks: "What is the
+    population of Harrowgate?" -> "340" from "It employs 340 engineers." None when the answer is
+    fine, says nothing was found, computes something, or the goal names no aspect to check."""
+    asked = aspects(goal, observations)
+    if not asked or is_refusal(answer) or _ARITHMETIC.search(goal):
+        return None
+    subject = subjects(goal)[0].lower()
+    goal_facts = set(_numbers(goal)) | {w.lower() for w in _WORD.findall(goal)}
+    facts = [n for n in _numbers(answer) if n not in goal_facts]
+    facts += [w for w in _WORD.findall(answer) if w[0].isupper() and w.lower() not in goal_facts
+              and w.lower() not in _STOP]
+    first: tuple[str, str] | None = None
+    for passage in _passages(observations):
+        on_subject = subject in passage.lower()
+        for sentence in _SENTENCE_END.split(re.sub(r"^\[\d+\]\s*", "", passage)):
+            numbers = set(_numbers(sentence))
+            for fact in facts:
+                is_number = fact[0].isdigit() or fact[0] == "-"
+                if (fact in numbers) if is_number else re.search(rf"\b{re.escape(fact)}\b", sentence):
+                    if on_subject and _about(sentence, fact if is_number else "", asked):
+                        return None
+                    first = first or (fact, sentence.strip())  # about something else, or about another subject
+    return first
+
+
+def unasked_sum(answer: str, goal: str, observations: list[str]) -> str:
+    """A sum the answer shows whose result no result states, for a goal that asks for no arithmetic:
+    "How many pear trees grow in Brisk Orchard?" -> "1150 + 320 = 1470". The expression, or ""."""
+    if _ARITHMETIC.search(goal) or is_refusal(answer):
+        return ""
+    seen = goal + "\n" + "\n".join(observations)
+    found = {v for n in _numbers(seen) if (v := _value(n)) is not None}
+    for expression, result, _ in _shown_sums(answer):
+        if _value(result) not in found:
+            return f"{expression} = {result}"
+    return ""
+
+
+def arithmetic_asked(goal: str) -> int:
+    """How many arithmetic words the goal uses ("Multiply it by 2." -> 1): the calculations it may need."""
+    return len(_ARITHMETIC.findall(goal))

@@ -176,6 +176,7 @@ class AgentLoop:
         #: a final answer sent back once for answering part of the task: (its text, the subjects it covered)
         self._partial: tuple[str, list[str]] | None = None
         self._arithmetic_rejected = False  # ... or once for a found number where the goal asks for arithmetic
+        self._topic_rejected = False  # ... or once for a fact from a result about something else
         self._computed: list[str] = []  # sums the loop worked out with the calculator when checking an answer
 
     # -- prompt ------------------------------------------------------------------------------------
@@ -425,6 +426,8 @@ class AgentLoop:
         # final_answer first and the request's tools after it in reverse: the order measured best on the
         # validation tasks (with search last, Qwen stopped choosing it by default)
         last = self.steps[-1].tool
+        if self._calculations_done():
+            tools = [t for t in tools if t.name != "calculator"]
         labels = {next_action_label(t, last): t for t in sorted(tools, key=lambda t: t.name != FINAL_ANSWER)[:1]
                   + [t for t in reversed(tools) if t.name != FINAL_ANSWER]}
         t0 = self.clock()
@@ -439,6 +442,15 @@ class AgentLoop:
         return replace(call, prompt_tokens=choice.prompt_tokens + call.prompt_tokens,
                        completion_tokens=choice.completion_tokens + call.completion_tokens, ms=choice.ms + call.ms,
                        choice=label if len(chosen) == 1 else "")
+
+    def _calculations_done(self) -> bool:
+        """Whether the calculator has run as often as the goal has arithmetic words: one expression can
+        hold all of a task's arithmetic, and Qwen2.5-0.5B, offered "calculate again" after "35 * 2",
+        doubled its own result (140)."""
+        if not self.config.check_support:
+            return False
+        done = sum(s.tool == "calculator" and s.status == dt.OK for s in self.steps)
+        return done > 0 and done >= grounding.arithmetic_asked(self.spec.goal)
 
     def _record_tool_step(self, step: Step) -> None:
         self.usage.steps += 1
@@ -497,6 +509,16 @@ class AgentLoop:
             return ""
         return grounding.copied_not_computed(answer, self.spec.goal, self._observations())
 
+    def _unasked_sum(self, answer: str) -> str:
+        if not self.config.check_support or not self._observations():
+            return ""
+        return grounding.unasked_sum(answer, self.spec.goal, self._observations())
+
+    def _off_topic(self, answer: str) -> tuple[str, str] | None:
+        if not self.config.check_support or not self._observations():
+            return None
+        return grounding.off_topic(answer, self.spec.goal, self._observations())
+
     def _unsourced(self, name: str, args: dict) -> list[str]:
         """For the built-in calculator: the expression's numbers that come from nowhere in the run."""
         if name != "calculator" or not self.config.check_support or not isinstance(args.get("expression"), str):
@@ -538,6 +560,22 @@ class AgentLoop:
             step.observation = (f"Not accepted yet: the task asks for arithmetic (\"{cue}\"), and the answer gives a "
                                 f"number as found in the results, not the result of that arithmetic. {how}")
             step.note = _joined(step.note, "final answer copies a number where the task asks for arithmetic")
+        elif (extra := self._unasked_sum(answer)) and not self._arithmetic_rejected:
+            # a lookup answered with arithmetic nobody asked for: "1150 + 320 = 1470" for the pear trees
+            self._arithmetic_rejected = True
+            step.observation = (f"Not accepted: the task asks for no arithmetic, and the answer gives {extra}. "
+                                "Answer with the value as the results state it.")
+            step.note = _joined(step.note, "final answer computes what the task does not ask for")
+        elif (stray := self._off_topic(answer)) and not self._topic_rejected:
+            # a fact from a result about something else: "the population of Harrowgate" -> "340" (engineers)
+            self._topic_rejected = True
+            fact, sentence = stray
+            asked = " or ".join(f'"{w}"' for w in grounding.aspects(self.spec.goal, self._observations()))
+            step.observation = (f"Not accepted: {_plain_numbers(fact)} comes from \"{_plain_numbers(sentence)}\", "
+                                f"which does not say {asked} of {grounding.subjects(self.spec.goal)[0]}. If a result "
+                                "says what the task asks, answer with that; if none does, call final_answer saying "
+                                "that the results do not contain it.")
+            step.note = _joined(step.note, f"final answer's {fact} comes from a sentence without {asked}")
         else:
             left_out = self._uncovered(answer) if not missing else []
             if not left_out or self._partial is not None:
@@ -579,7 +617,14 @@ class AgentLoop:
         the results do not hold the answer (the model's words kept in it and in the step's note)."""
         missing = self._unsupported(answer)
         if not missing:
-            return answer
+            stray = self._off_topic(answer) if self._topic_rejected else None
+            if stray is None:
+                return answer
+            # sent back once already and given again: the results hold no sentence about what was asked
+            fact, sentence = stray
+            step.note = _joined(step.note, f"off topic again: {fact}")
+            return (f"The tool results do not say what the task asks. (The model answered \"{answer}\"; {fact} "
+                    f"comes from \"{sentence}\".)")
         step.note = (step.note + "; " if step.note else "") + f"unsupported: {', '.join(missing)}"
         return (f"The tool results do not contain the answer. (The model answered \"{answer}\", but no result "
                 f"mentions {', '.join(missing)}.)")

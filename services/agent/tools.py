@@ -212,7 +212,8 @@ def _builtins(settings: AgentSettings) -> list[Tool]:
              _obj({"query": text}, ["query"]), _search),
         Tool("answer", "Answer a question from the documents, with citations.",
              _obj({"question": text}, ["question"]), _answer),
-        Tool("calculator", "Exact arithmetic on numbers, written like 7*(2+3).",
+        # no worked example: Qwen2.5-0.5B copied the shape of one ("7*(2+3)") into its calls, as 35*(2+220)
+        Tool("calculator", "Exact arithmetic on the numbers found: + - * / and parentheses.",
              _obj({"expression": {"type": "string", "minLength": 1, "maxLength": calculator.MAX_CHARS}},
                   ["expression"]), _calculator, untrusted=False),
         Tool("validate", "Check a text with a validator policy.",

@@ -107,7 +107,8 @@ def test_search_calculate_answer(registry):
     assert schema_tools(model.calls[0]["schema"]) == ["search", "calculator", "final_answer"]
     assert model.choices[0] == ([NEXT_ACTION["final_answer"], NEXT_ACTION["calculator"], NEXT_ACTION["search"]],
                                 NEXT_ACTION["calculator"])
-    assert model.choices[1][0][1] == CALCULATE_AGAIN  # the calculator's own result is the last one
+    # the goal has one arithmetic word and the calculator ran once: it is not offered again
+    assert model.choices[1][0] == [NEXT_ACTION["final_answer"], NEXT_ACTION["search"]]
     # ... then wrote that one tool's call, told what was picked
     assert schema_tools(model.calls[1]["schema"]) == ["calculator"]
     assert schema_tools(model.calls[2]["schema"]) == ["final_answer"]
@@ -563,9 +564,14 @@ def test_an_answer_to_part_of_a_two_part_task_is_sent_back_once_with_the_other_p
 def test_a_partial_answer_is_sent_back_only_once_and_whole_or_computed_answers_pass(registry):
     _, end, _ = _two_part_run(registry, "58 metres", "Lake Mirren is 58 metres deep.")
     assert end.final_answer == "Lake Mirren is 58 metres deep."  # the second time it stands
-    for answer in ("Lake Mirren: 58 m; Mount Hallow: 2870 m", "58 + 2870 = 2928", "The results do not say."):
+    for answer in ("Lake Mirren: 58 m; Mount Hallow: 2870 m", "The results do not say."):
         loop, end, _ = _two_part_run(registry, answer)
         assert end.final_answer == answer and not [s for s in loop.steps if s.status == dt.REJECTED]
+    # a computed total is not a partial answer; the task asks for no sum, so it goes back for that reason
+    loop, end, _ = _two_part_run(registry, "58 + 2870 = 2928", "58 + 2870 = 2928")
+    assert end.final_answer == "58 + 2870 = 2928"
+    notes = [s.note for s in loop.steps if s.status == dt.REJECTED]
+    assert len(notes) == 1 and notes[0].endswith("final answer computes what the task does not ask for")
 
 
 def test_coverage_rules():
@@ -706,3 +712,95 @@ def test_a_repeated_rejected_call_is_not_a_result_and_sums_are_checked_before_an
     loop, _ = make_loop(registry, model, goal="What is ten times five?")
     loop.run()
     assert "The calculator gives 10*(2+3) = 50." in loop.steps[0].observation
+
+
+# -- answers whose fact is about something else (grounding.off_topic) ------------------------------
+
+TOWN_AND_BRIDGE = ("[1] Kestrel Labs was founded in 1987 in the town of Harrowgate. It employs 340 engineers.\n"
+                   "[2] The Orvath Bridge crosses the river Selm. It is 412 metres long and opened in 1931.\n"
+                   "[3] Mount Hallow rises to 2,870 metres. Its first recorded ascent was in 1864.\n"
+                   "[4] The Dorn Observatory has a telescope with a 3-metre mirror, built in 1978.")
+
+
+def test_off_topic_rules():
+    from services.agent.grounding import aspects, off_topic
+
+    seen = [TOWN_AND_BRIDGE]
+    # right answers: the fact's sentence names what is asked, in another form of the word or, for a
+    # measurement, with a length unit and no other dimension ("rises to 2,870 metres" for "how high")
+    for goal, answer in (("How long is the Orvath Bridge?", "412 metres"), ("When did the Orvath Bridge open?", "1931"),
+                         ("How many people does Kestrel Labs employ?", "340"), ("How high is Mount Hallow?", "2870 m"),
+                         ("When was Mount Hallow first climbed?", "In 1864."),
+                         ("In which year was Kestrel Labs founded?", "Kestrel Labs was founded in 1987.")):
+        assert off_topic(answer, goal, seen) is None, goal
+    assert off_topic("340", "What is the population of Harrowgate?", seen) == ("340", "It employs 340 engineers.")
+    assert off_topic("412 metres", "How wide is the river Selm?", seen)[0] == "412"  # it says long, not wide
+    assert aspects("How wide is the river Selm?", seen) == ["wide"]  # "river" is part of the name in the results
+    # a fact from a passage about another subject
+    assert off_topic("340", "How many employees does the Dorn Observatory have?", seen)[0] == "340"
+    assert off_topic("Harrowgate", "Who is the director of Kestrel Labs?", seen)[0] == "Harrowgate"
+    # not checked: refusals, arithmetic, goals about two subjects, facts no result holds
+    assert off_topic("The results do not say.", "What is the population of Harrowgate?", seen) is None
+    assert off_topic("1020", "How many engineers does Kestrel Labs employ, times 3?", seen) is None
+    assert off_topic("412", "Is the Orvath Bridge longer than Mount Hallow is wide?", seen) is None
+    assert off_topic("12,000 people", "What is the population of Harrowgate?", seen) is None
+
+
+def test_a_fact_about_something_else_is_sent_back_once(registry):
+    registry["search"] = Tool("search", "Search the documents.", registry["search"].parameters,
+                              lambda args, ctx: TOWN_AND_BRIDGE)
+    goal = "What is the population of Harrowgate?"
+    model = ScriptedModel(call("search", query="Harrowgate population"), call("final_answer", answer="340"),
+                          call("final_answer", answer="The results do not say what the population of Harrowgate is."))
+    loop, _ = make_loop(registry, model, goal=goal)
+    end = loop.run()
+    assert end.final_answer == "The results do not say what the population of Harrowgate is."
+    rejected = loop.steps[1]
+    assert rejected.status == dt.REJECTED
+    assert '340 comes from "It employs 340 engineers.", which does not say "population" of Harrowgate' \
+        in rejected.observation
+    assert 'comes from a sentence without "population"' in rejected.note
+    # sent back once; the same kind of answer again is replaced, quoting where its fact came from
+    model = ScriptedModel(call("search", query="Harrowgate population"), call("final_answer", answer="340"),
+                          call("final_answer", answer="340 people"))
+    loop, _ = make_loop(registry, model, goal=goal)
+    end = loop.run()
+    assert end.state == dt.COMPLETED and end.final_answer.startswith("The tool results do not say what the task asks.")
+    assert '"340 people"' in end.final_answer and "off topic again: 340" in loop.steps[-1].note
+    assert len(loop.steps) == 3
+    # a right answer after the send-back stands
+    model = ScriptedModel(call("search", query="Harrowgate population"), call("final_answer", answer="340"),
+                          call("final_answer", answer="The results do not give it."))
+    loop, _ = make_loop(registry, model, goal=goal)
+    assert loop.run().final_answer == "The results do not give it."
+
+
+def test_a_sum_the_task_does_not_ask_for_is_sent_back_once(registry):
+    from services.agent.grounding import unasked_sum
+
+    trees = ["[1] Brisk Orchard grows 1,150 apple trees and 320 pear trees."]
+    assert unasked_sum("1150 + 320 = 1470", "How many pear trees grow in Brisk Orchard?", trees) == "1150 + 320 = 1470"
+    assert unasked_sum("1150 + 320 = 1470", "How many trees does Brisk Orchard grow together?", trees) == ""
+    assert unasked_sum("320", "How many pear trees grow in Brisk Orchard?", trees) == ""
+    registry["search"] = Tool("search", "Search the documents.", registry["search"].parameters,
+                              lambda args, ctx: trees[0])
+    model = ScriptedModel(call("search", query="pear trees"), call("final_answer", answer="1150 + 320 = 1470"),
+                          call("final_answer", answer="320 pear trees"))
+    loop, _ = make_loop(registry, model, goal="How many pear trees grow in Brisk Orchard?")
+    assert loop.run().final_answer == "320 pear trees"
+    assert "the task asks for no arithmetic, and the answer gives 1150 + 320 = 1470" in loop.steps[1].observation
+
+
+def test_the_calculator_is_not_offered_again_once_it_ran_as_often_as_the_task_asks(registry):
+    model = ScriptedModel(call("search", query="Mars moons"), call("calculator", expression="2*12"),
+                          call("final_answer", answer="24"))
+    loop, _ = make_loop(registry, model)  # "How many moons does Mars have, times 12?": one arithmetic word
+    assert loop.run().final_answer == "24"
+    offered = [options for options, _ in model.choices]
+    assert any(o.startswith("calculate") for o in offered[0])  # after the search
+    assert not any(o.startswith("calculate") for o in offered[1])  # after the calculation
+    model = ScriptedModel(call("search", query="Mars moons"), call("calculator", expression="2*12"),
+                          call("calculator", expression="24+1"), call("final_answer", answer="25"))
+    loop, _ = make_loop(registry, model, goal="How many moons does Mars have, times 12, plus 1?")
+    assert loop.run().final_answer == "25"
+    assert CALCULATE_AGAIN in model.choices[1][0]  # two arithmetic words: a second calculation may follow
