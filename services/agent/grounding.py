@@ -359,3 +359,9 @@ def unasked_sum(answer: str, goal: str, observations: list[str]) -> str:
 def arithmetic_asked(goal: str) -> int:
     """How many arithmetic words the goal uses ("Multiply it by 2." -> 1): the calculations it may need."""
     return len(_ARITHMETIC.findall(goal))
+
+
+def has_numbers(goal: str, observations: list[str]) -> bool:
+    """Whether the goal or a result holds a number, in digits or words, for a calculation to use."""
+    text = goal + "\n" + "\n".join(observations)
+    return bool(_numbers(text) or _spelled(text))

@@ -294,7 +294,7 @@ class AgentLoop:
                 timeout = self.config.final_answer_seconds
                 step.note = forced
             else:
-                tools = self.allowed
+                tools = self._offered()
                 max_new = min(self.config.decision_max_tokens,
                               self.spec.budget.max_tokens - self.usage.completion_tokens)
                 timeout = max(0.5, self.spec.budget.max_seconds - self._elapsed())
@@ -442,6 +442,14 @@ class AgentLoop:
         return replace(call, prompt_tokens=choice.prompt_tokens + call.prompt_tokens,
                        completion_tokens=choice.completion_tokens + call.completion_tokens, ms=choice.ms + call.ms,
                        choice=label if len(chosen) == 1 else "")
+
+    def _offered(self) -> list[Tool]:
+        """The tools a free decision may call: the calculator only once the goal or a result holds a
+        number (before that, a call could only use numbers from nowhere, which is not run; Qwen2.5-0.5B,
+        asked to search with only the calculator allowed, wrote an endless "1000..." instead)."""
+        if not self.config.check_support or grounding.has_numbers(self.spec.goal, self._observations()):
+            return self.allowed
+        return [t for t in self.allowed if t.name != "calculator"]
 
     def _calculations_done(self) -> bool:
         """Whether the calculator has run as often as the goal has arithmetic words: one expression can

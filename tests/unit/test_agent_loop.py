@@ -804,3 +804,15 @@ def test_the_calculator_is_not_offered_again_once_it_ran_as_often_as_the_task_as
     loop, _ = make_loop(registry, model, goal="How many moons does Mars have, times 12, plus 1?")
     assert loop.run().final_answer == "25"
     assert CALCULATE_AGAIN in model.choices[1][0]  # two arithmetic words: a second calculation may follow
+
+
+def test_the_calculator_is_offered_only_once_there_is_a_number_to_calculate_with(registry):
+    model = ScriptedModel(call("final_answer", answer="The run may not search."))
+    loop, _ = make_loop(registry, model, allowed=("calculator",), goal="Search the documents for the tower's height.")
+    assert loop.run().final_answer == "The run may not search."
+    assert schema_tools(model.calls[0]["schema"]) == ["final_answer"]
+    # a number in the goal (or in a result) is something to calculate with
+    model = ScriptedModel(call("calculator", expression="17*23"), call("final_answer", answer="391"))
+    loop, _ = make_loop(registry, model, allowed=("calculator",), goal="Work out 17 times 23.")
+    assert loop.run().final_answer == "391"
+    assert schema_tools(model.calls[0]["schema"]) == ["calculator", "final_answer"]
