@@ -155,12 +155,17 @@ def _facts(text: str, exclude: set[str]) -> set[str]:
     return {n for n in _numbers(text) + _spelled(text) if n not in exclude} | (words - exclude)
 
 
+def _passages(observations: list[str]) -> list[str]:
+    """The numbered passages of the results ("[1] ...", "[2] ..."), or their paragraphs."""
+    return [p.strip() for o in observations for p in re.split(r"\n(?=\[\d+\])|\n{2,}", o) if p.strip()]
+
+
 def coverage(answer: str, goal: str, observations: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
     """Which of the goal's subjects an answer gives a fact about (a number or name from a result
     passage that mentions the subject), and which it leaves out, each with a passage about it.
     Subjects no result mentions are in neither list (nothing could be said about them)."""
     names = subjects(goal)
-    passages = [p.strip() for o in observations for p in re.split(r"\n(?=\[\d+\])|\n{2,}", o) if p.strip()]
+    passages = _passages(observations)
     exclude = {w.lower() for w in _WORD.findall(goal)} | set(_numbers(goal))
     given = set(_numbers(answer) + _spelled(answer)) | {w.lower() for w in _WORD.findall(answer)}
     covered: list[str] = []
@@ -235,6 +240,11 @@ _ARITHMETIC = re.compile(
     r"combined|altogether)\b", re.I)
 
 
+def _stated(goal: str, observations: list[str]) -> set[Fraction]:
+    """The values of the numbers the goal and the results write in digits."""
+    return {v for n in _numbers(goal + "\n" + "\n".join(observations)) if (v := _value(n)) is not None}
+
+
 def copied_not_computed(answer: str, goal: str, observations: list[str]) -> str:
     """When the goal asks for arithmetic and every number in the answer is one the goal or a result
     holds as written (none computed, no sum shown): the arithmetic word of the goal; else "".
@@ -243,8 +253,7 @@ def copied_not_computed(answer: str, goal: str, observations: list[str]) -> str:
     numbers = _numbers(answer)
     if not cue or not numbers or _REFUSAL.search(answer) or _SHOWN.search(answer):
         return ""
-    seen = goal + "\n" + "\n".join(observations)
-    found = {v for n in _numbers(seen) if (v := _value(n)) is not None}
+    found = _stated(goal, observations)
     return cue.group(0) if all(_value(n) in found for n in numbers) else ""
 
 
@@ -293,10 +302,6 @@ def aspects(goal: str, observations: list[str]) -> list[str]:
     return [w.lower() for i, w in enumerate(words)
             if i not in near and i not in at and w.lower() not in _STOP and w.lower() not in _OPENERS
             and w.lower() not in _KINDS and len(w) > 2]
-
-
-def _passages(observations: list[str]) -> list[str]:
-    return [p.strip() for o in observations for p in re.split(r"\n(?=\[\d+\])|\n{2,}", o) if p.strip()]
 
 
 def _about(sentence: str, number: str, asked: list[str]) -> bool:
@@ -348,8 +353,7 @@ def unasked_sum(answer: str, goal: str, observations: list[str]) -> str:
     "How many pear trees grow in Brisk Orchard?" -> "1150 + 320 = 1470". The expression, or ""."""
     if _ARITHMETIC.search(goal) or is_refusal(answer):
         return ""
-    seen = goal + "\n" + "\n".join(observations)
-    found = {v for n in _numbers(seen) if (v := _value(n)) is not None}
+    found = _stated(goal, observations)
     for expression, result, _ in _shown_sums(answer):
         if _value(result) not in found:
             return f"{expression} = {result}"

@@ -518,14 +518,17 @@ class AgentLoop:
         return grounding.copied_not_computed(answer, self.spec.goal, self._observations())
 
     def _unasked_sum(self, answer: str) -> str:
-        if not self.config.check_support or not self._observations():
-            return ""
-        return grounding.unasked_sum(answer, self.spec.goal, self._observations())
+        return self._after_results(grounding.unasked_sum, answer) or ""
 
     def _off_topic(self, answer: str) -> tuple[str, str] | None:
-        if not self.config.check_support or not self._observations():
+        return self._after_results(grounding.off_topic, answer)
+
+    def _after_results(self, check, answer: str):
+        """`check(answer, goal, results)` when the checks are on and a tool has returned something, else None."""
+        observations = self._observations()
+        if not self.config.check_support or not observations:
             return None
-        return grounding.off_topic(answer, self.spec.goal, self._observations())
+        return check(answer, self.spec.goal, observations)
 
     def _unsourced(self, name: str, args: dict) -> list[str]:
         """For the built-in calculator: the expression's numbers that come from nowhere in the run."""
