@@ -75,11 +75,11 @@ def select_chunks(chunks: list[Chunk], budget_tokens: int) -> tuple[list[Chunk],
     return kept, dropped
 
 
-def render_sources(chunks: list[Chunk], sections: bool = False) -> str:
+def render_sources(chunks: list[Chunk], sections: bool = False, number_from: int = 1) -> str:
     """Numbered sources; with `sections`, each prefixed by the last part of its heading path when the
     text does not already start with it (a definition's term, a page's title)."""
     lines = []
-    for i, c in enumerate(chunks, 1):
+    for i, c in enumerate(chunks, number_from):
         text = " ".join(c.text.split())
         head = c.section.split(" > ")[-1].strip() if sections and c.section else ""
         if head and not text.startswith(head):
@@ -119,12 +119,20 @@ def system_prompt(style: str) -> str:
 
 
 def answer_messages(question: str, chunks: list[Chunk], style: str = "sentences",
-                    sections: bool = False) -> list[tuple[str, str]]:
+                    sections: bool = False, number_from: int = 1) -> list[tuple[str, str]]:
+    sources = render_sources(chunks, sections, number_from)
     if style == "sentences":
-        user = f"Sources:\n{render_sources(chunks, sections)}\nUsing the sources, answer: {question}"
+        user = f"Sources:\n{sources}\nUsing the sources, answer: {question}"
     else:
-        user = f"Sources:\n{render_sources(chunks, sections)}\nQuestion: {question}\nAnswer:"
+        user = f"Sources:\n{sources}\nQuestion: {question}\nAnswer:"
     return [("system", system_prompt(style)), ("user", user)]
+
+
+def focused_messages(question: str, passage: str, n: int, style: str = "sentences") -> list[tuple[str, str]]:
+    """The question over the one passage the validator found holding its key terms and a candidate
+    answer, under that source's own number: a small model that refused, or restated the question,
+    with every source in front of it answers from a single passage far more often."""
+    return answer_messages(question, [Chunk("", "", "", passage, 0.0)], style, number_from=n)
 
 
 def retry_messages(question: str, chunks: list[Chunk], answer: str, feedback: str, style: str = "sentences",
@@ -244,8 +252,37 @@ def attach_citations(answer: str, chunks: list[Chunk], min_support: float = 0.6,
                 best, support = n, share
         if support < min_support:
             continue
-        body = sentence.rstrip()
-        end = len(body.rstrip(".!?"))
-        parts[i] = f"{body[:end]} [{best}]{body[end:]}{sentence[len(body):]}"
+        parts[i] = _with_citation(sentence, best)
         added.append({"sentence": sentence.strip()[:200], "source": best, "support": round(support, 2)})
+    if not added and not _CITED.search(answer):
+        return _cite_short(parts, sources)
+    return "".join(parts), added
+
+
+def quote_passage(passage: str, n: int) -> str:
+    """A source passage as an answer: each of its sentences cited to source n."""
+    parts = _SENTENCE_BREAK.split(" ".join(passage.split()))
+    return "".join(_with_citation(p, n) if i % 2 == 0 and p.strip() else p for i, p in enumerate(parts))
+
+
+def _with_citation(sentence: str, n: int) -> str:
+    body = sentence.rstrip()
+    end = len(body.rstrip(".!?"))
+    return f"{body[:end]} [{n}]{body[end:]}{sentence[len(body):]}"
+
+
+def _cite_short(parts: list[str], sources: list[tuple[set[str], set[str]]]) -> tuple[str, list[dict]]:
+    """An answer with no citation at all ("The default is VIRTUAL."): each sentence gets the first
+    source that holds every one of its words and numbers, however few they are."""
+    added = []
+    for i in range(0, len(parts), 2):
+        sentence = parts[i]
+        words, numbers = _content_words(sentence), set(_NUMBER.findall(sentence))
+        if not words:
+            continue
+        best = next((n for n, (sw, sn) in enumerate(sources, 1) if words <= sw and numbers <= sn), 0)
+        if not best:
+            continue
+        parts[i] = _with_citation(sentence, best)
+        added.append({"sentence": sentence.strip()[:200], "source": best, "support": 1.0})
     return "".join(parts), added

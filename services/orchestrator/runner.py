@@ -80,6 +80,8 @@ class JobRun:
         self.cancel_checked = False
         #: whether the run gave its lease up with its final writes
         self.released = False
+        #: how many more times the retry rule may send the pipeline back (a step can act on its last chance)
+        self.retries_left = 0
         self._rec: _StepRec | None = None
 
     # -- helpers for steps ----------------------------------------------------------------------
@@ -298,6 +300,7 @@ class JobRun:
             s = steps[i]
             spec = STEPS[s.name]
             self.state = self._state.view(spec)
+            self.retries_left = max_retries - retries if rule else 0
             outcome = spec.fn(self, dict(s.params))
             if outcome == "failed" and rule and s.name == rule.on:
                 if retries >= max_retries:

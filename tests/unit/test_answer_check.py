@@ -69,7 +69,8 @@ def test_correct_short_answers_pass(answer, question, sources):
 
 
 def test_naming_one_of_the_offered_choices_answers_a_choice_question():
-    source = "If the trailing VIRTUAL or STORED keyword is omitted, then VIRTUAL is the default."
+    source = ('The statement above has three ordinary columns and two generated columns "d" and "e". If the '
+              'trailing "VIRTUAL" or "STORED" keyword is omitted, then VIRTUAL is the default.')
     question = "If neither VIRTUAL nor STORED is given for a generated column, which one is the default?"
     assert run("VIRTUAL [1].", question, [source]).passed
     assert not run("VIRTUAL or STORED [1].", question, [source]).passed
@@ -117,3 +118,30 @@ def test_registered_and_in_the_rag_policies():
     assert "answers_question" in [c.name for c in registry.get("rag-answer").checks]
     refusal = [c.name for c in registry.get("rag-refusal").checks]
     assert "answers_question" in refusal and "citations" not in refusal
+
+
+SHARED_CACHE = ("SQLite includes a special shared-cache mode. In shared-cache mode, connections to the same database "
+                "share a single data and schema cache, which can significantly reduce memory use.")
+
+
+def test_when_the_sources_never_mention_the_questions_subject_an_answer_fails_and_the_refusal_passes():
+    question = "What is the default value of PostgreSQL's shared_buffers setting?"
+    # "shared" and "cache" are there, "postgresql" and "buffers" are in no source
+    wrong = run("The default value of shared_buffers is a single cache [1].", question, [SHARED_CACHE, VACUUM])
+    assert not wrong.passed and "postgresql" in wrong.feedback and "The sources do not contain" in wrong.feedback
+    assert [e.kind for e in wrong.evidence] == ["off_subject"]
+    refusal = run("The sources do not contain the answer.", question, [SHARED_CACHE, VACUUM])
+    assert refusal.passed and "no source mentions" in refusal.message
+    # off: the same answer is judged on what it adds
+    assert run("The default value of shared_buffers is a single cache [1].", question, [SHARED_CACHE, VACUUM],
+               off_subject_terms=0).passed
+
+
+def test_one_key_term_absent_from_the_sources_is_not_off_subject():
+    # "activate" is in no source, yet the source answers the question
+    question = "Which compile-time option activates the built-in SQL math functions?"
+    source = ("The built-in SQL math functions are enabled by the -DSQLITE_ENABLE_MATH_FUNCTIONS compile-time "
+              "option.")
+    assert run("SQLITE_ENABLE_MATH_FUNCTIONS [1].", question, [source]).passed
+    refusal = run("The sources do not contain the answer.", question, [source])
+    assert not refusal.passed and "[1]" in refusal.feedback

@@ -50,9 +50,10 @@ class Validator:
         if not request.policy and [c.name for c in request.checks] == ["prompt_injection"]:
             return vpb.ValidateResponse(passed=True, score=1.0)  # the screen_sources step: nothing flagged
         self.requests.append(request)
-        passed, score, feedback, evidence = self.table[request.artifact.text]
+        passed, score, feedback, evidence = self.table.get(request.artifact.text, (False, 0.1, "not grounded", ""))
         result = vpb.CheckResult(name="answers_question", passed=passed, score=score, feedback=feedback,
-                                 evidence=[vpb.Evidence(kind="candidate_answer", text=evidence)] if evidence else [])
+                                 evidence=[vpb.Evidence(kind="candidate_answer", text=evidence, where="source 1")]
+                                 if evidence else [])
         return vpb.ValidateResponse(passed=passed, score=score, feedback=feedback, results=[result])
 
 
@@ -74,12 +75,12 @@ HINT = "The default setting for SQLITE_MAX_COLUMN is 2000."
 
 
 def test_retry_gets_feedback_and_evidence_and_the_passing_attempt_is_the_answer():
-    table = {RESTATED: (False, 0.3, "only restates the question", HINT), RIGHT: (True, 1.0, "", "")}
+    table = {RESTATED: (False, 0.3, "only restates the question", ""), RIGHT: (True, 1.0, "", "")}
     record, gen, val = run_job([RESTATED, RIGHT], table)
     assert record.state == pb.JOB_STATE_SUCCEEDED
     assert record.answer.answer == RIGHT and record.answer.attempts == 2 and record.answer.answered
     retry_prompt = gen.requests[1].messages[-1].content
-    assert "only restates the question" in retry_prompt and HINT in retry_prompt and RESTATED in retry_prompt
+    assert "only restates the question" in retry_prompt and RESTATED in retry_prompt and SOURCE in retry_prompt
     generated = [s for s in record.steps if s.name == "generate_answer"]
     validated = [s for s in record.steps if s.name == "validate_answer"]
     assert [s.attempt for s in generated] == [1, 2] and [s.attempt for s in validated] == [1, 2]
@@ -95,9 +96,48 @@ def test_when_every_attempt_fails_the_best_scoring_one_is_reported_not_the_last(
     assert record.answer.rejected and record.answer.rejected_answer == best and record.answer.answer == ""
     assert record.answer.verdict.score == pytest.approx(0.8)
     assert record.answer.attempts == 3 and record.answer.answered
-    # the refusal was validated too, with the refusal policy
-    assert [r.policy for r in val.requests] == ["rag-answer", "rag-answer", "rag-refusal"]
+    # the refusal was validated too, with the refusal policy; then the passage it pointed at, quoted,
+    # was checked as the answer of last resort and failed (the fake validator rejects unknown texts)
+    assert [r.policy for r in val.requests] == ["rag-answer", "rag-answer", "rag-refusal", "rag-answer"]
+    assert val.requests[-1].artifact.text == "The default setting for SQLITE_MAX_COLUMN is 2000 [1]."
     assert len([s for s in record.steps if s.name == "generate_answer"]) == 3
+
+
+def test_when_every_answer_is_rejected_and_no_source_holds_one_the_result_is_the_refusal():
+    first, second = "It is a column limit [1].", "SQLITE_MAX_COLUMN is VACUUM [2]."
+    table = {first: (False, 0.4, "restates", ""), second: (False, 0.6, "not grounded", ""),
+             ctxmod.NOT_IN_SOURCES: (True, 1.0, "", "")}
+    record, gen, val = run_job([first, second], table, max_retries=1)
+    assert record.state == pb.JOB_STATE_SUCCEEDED, record.error
+    assert record.answer.answer == ctxmod.NOT_IN_SOURCES and not record.answer.answered
+    assert not record.answer.rejected and record.answer.verdict.passed
+    # both answers were tried and kept in the record; the refusal was checked once, after the last one
+    assert [r.policy for r in val.requests] == ["rag-answer", "rag-answer", "rag-refusal"]
+    assert [s.name for s in record.steps if s.name in ("validate_answer", "check_refusal")] == [
+        "validate_answer", "validate_answer", "check_refusal"]
+
+
+def test_when_the_refusal_fails_its_check_too_the_rejected_answer_is_kept_for_inspection():
+    first = "It is a column limit [1]."
+    table = {first: (False, 0.4, "restates", HINT), ctxmod.NOT_IN_SOURCES: (False, 0.0, "source [1] holds it", HINT)}
+    record, gen, val = run_job([first], table, max_retries=0)
+    assert record.state == pb.JOB_STATE_FAILED and record.answer.rejected
+    assert record.answer.rejected_answer == first and record.answer.answered
+    # the passage the verdict pointed at, quoted, and the refusal were both checked and both failed
+    assert [r.policy for r in val.requests] == ["rag-answer", "rag-answer", "rag-refusal"]
+
+
+def test_a_rejected_refusal_gets_a_retry_over_the_passage_alone_then_that_passage_quoted():
+    refusal = "The sources do not contain the answer."
+    quoted = "The default setting for SQLITE_MAX_COLUMN is 2000 [1]."
+    table = {refusal: (False, 0.0, "Source [1] appears to contain the answer", HINT), quoted: (True, 1.0, "", "")}
+    record, gen, val = run_job([refusal, refusal], table, max_retries=1)
+    # the retry's prompt holds only the passage the validator pointed at, under its own number
+    prompt = gen.requests[1].messages[-1].content
+    assert f"[1] {HINT}" in prompt and "VACUUM" not in prompt
+    assert record.state == pb.JOB_STATE_SUCCEEDED, record.error
+    assert record.answer.answer == quoted and record.answer.answered and record.answer.verdict.passed
+    assert [s.name for s in record.steps][-1] == "quote_source"
 
 
 def test_a_refusal_is_validated_and_retried():

@@ -5,6 +5,8 @@ else the highest-scoring), never a concatenation of attempts."""
 
 from __future__ import annotations
 
+import re
+
 from genstack.generator.v1 import generator_pb2 as gpb
 from genstack.orchestrator.v1 import orchestrator_pb2 as opb
 from genstack.retriever.v1 import retriever_pb2 as rpb
@@ -101,12 +103,17 @@ def build_context(run, params: dict) -> None:
     run.state.update(sources=kept, messages=messages)
 
 
-def _evidence(verdict) -> list[str]:
-    """The source passages a failed verdict pointed at (candidate answers), for the retry prompt."""
+def _evidence(verdict) -> list[tuple[int, str]]:
+    """The source passages a failed verdict pointed at (candidate answers) with their source numbers."""
     if verdict is None:
         return []
-    return [e.text for r in verdict.results if not r.passed for e in r.evidence
-            if e.kind == "candidate_answer" and e.text]
+    out = []
+    for r in verdict.results:
+        for e in r.evidence:
+            m = re.fullmatch(r"sources? \[?(\d+)\]?", e.where.strip())
+            if not r.passed and e.kind == "candidate_answer" and e.text and m:
+                out.append((int(m.group(1)), e.text))
+    return out
 
 
 @step("generate_answer", reads=(SOURCES, MESSAGES), optional=(FEEDBACK, VERDICT),
@@ -128,9 +135,13 @@ def generate_answer(run, params: dict) -> None:
                                                           "attempt": attempt})
     style = params.get("style", "sentences")
     messages = run.state[MESSAGES]
-    if attempt > 1 and run.state.get(FEEDBACK):
+    evidence = _evidence(run.state.get(VERDICT)) if attempt > 1 else []
+    if evidence and params.get("focus_retry", True):
+        n, passage = evidence[0]
+        messages = ctxmod.focused_messages(a.question, passage, n, style)
+    elif attempt > 1 and run.state.get(FEEDBACK):
         messages = ctxmod.retry_messages(a.question, run.state[SOURCES], run.state[ANSWER], run.state[FEEDBACK],
-                                         style, _evidence(run.state.get(VERDICT)), bool(params.get("sections")))
+                                         style, [t for _, t in evidence], bool(params.get("sections")))
     if not run.state[SOURCES]:
         with run.step("generate_answer", "", {"reason": "no sources retrieved"}, attempt=attempt) as rec:
             rec.status = "skipped"
@@ -186,7 +197,9 @@ def cite_answer(run, params: dict) -> None:
       provides=(VERDICT, FEEDBACK, ATTEMPTS), input="answer")
 def validate_answer(run, params: dict) -> str | None:
     """Validate the answer with `policy`, a refusal with `refusal_policy` (empty: refusals pass
-    unchecked); every attempt is appended to the attempts slot with its verdict."""
+    unchecked); every attempt is appended to the attempts slot with its verdict. When the last attempt
+    is rejected and `refuse_last` (default on), the refusal is checked with `refusal_policy` and, if it
+    passes, becomes the result (the rejected attempts stay in the record)."""
     a = run.job.request.answer
     attempt = run.state.get(ATTEMPT, 1)
     answered = run.state.get(ANSWERED, True)
@@ -203,24 +216,60 @@ def validate_answer(run, params: dict) -> str | None:
             rec.status = "skipped"
         run.state.update(verdict=None, attempts=attempts + [record])
         return None
+    verdict = _validate(run, "validate_answer", run.state[ANSWER], policy, attempt)
+    record.update(passed=verdict.passed, score=verdict.score, feedback=verdict.feedback, verdict=verdict)
+    attempts.append(record)
+    run.state.update(verdict=verdict, feedback=verdict.feedback, attempts=attempts)
+    run.emit("validate.verdict", "validate_answer", {"passed": verdict.passed, "score": verdict.score,
+                                                     "feedback": verdict.feedback, "attempt": attempt,
+                                                     "refusal": not answered})
+    if verdict.passed:
+        return None
+    if run.retries_left == 0 and not a.policy and params.get("fall_back", True):
+        return _fall_back(run, params, verdict, attempt, attempts)
+    return "failed"
+
+
+def _fall_back(run, params: dict, verdict, attempt: int, attempts: list[dict]) -> str | None:
+    """Every attempt was rejected. The passage the validator found holding the question's key terms
+    and a candidate answer, quoted with its source number, is the answer if it passes the answer
+    policy; else, if the refusal passes its own check (no top source holds a candidate), the refusal
+    is the honest result. Neither: the job fails with the best rejected attempt kept for inspection."""
+    evidence = _evidence(verdict)
+    tries = []
+    if evidence:
+        n, passage = evidence[0]
+        tries.append(("quote_source", ctxmod.quote_passage(passage, n), params.get("policy", "rag-answer"), True))
+    if run.state.get(ANSWERED, True):  # (a rejected refusal was already checked with that policy)
+        tries.append(("check_refusal", ctxmod.NOT_IN_SOURCES, params.get("refusal_policy", "rag-refusal"), False))
+    for step_name, text, policy, answered in tries:
+        if not policy:
+            continue
+        checked = _validate(run, step_name, text, policy, attempt)
+        if checked.passed:
+            attempts.append({"attempt": attempt, "answer": text, "model": "", "answered": answered, "passed": True,
+                             "score": checked.score, "feedback": "", "verdict": checked, "fallback": step_name})
+            run.state.update(verdict=checked, feedback="", attempts=attempts)
+            run.emit("answer.fallback", step_name, {"attempt": attempt, "answer": text, "answered": answered})
+            return None
+    return "failed"
+
+
+def _validate(run, step: str, text: str, policy: str, attempt: int) -> vpb.ValidateResponse:
+    a = run.job.request.answer
     request = vpb.ValidateRequest(
-        artifact=vpb.Artifact(text=run.state[ANSWER]),
+        artifact=vpb.Artifact(text=text),
         context=vpb.ValidationContext(
             request=a.question,
             sources=[vpb.Source(id=str(i), text=c.text) for i, c in enumerate(run.state[SOURCES], 1)],
         ),
         policy=policy,
     )
-    with run.step("validate_answer", "validator", to_json(request), attempt=attempt) as rec:
-        verdict = run.client("validator", "validate_answer").validate(request, timeout=run.timeout())
+    with run.step(step, "validator", to_json(request), attempt=attempt) as rec:
+        verdict = run.client("validator", step).validate(request, timeout=run.timeout())
         rec.output = to_json(verdict)
         rec.service_ms = verdict.duration_ms
-    record.update(passed=verdict.passed, score=verdict.score, feedback=verdict.feedback, verdict=verdict)
-    run.state.update(verdict=verdict, feedback=verdict.feedback, attempts=attempts + [record])
-    run.emit("validate.verdict", "validate_answer", {"passed": verdict.passed, "score": verdict.score,
-                                                     "feedback": verdict.feedback, "attempt": attempt,
-                                                     "refusal": not answered})
-    return None if verdict.passed else "failed"
+    return verdict
 
 
 def best_attempt(attempts: list[dict]) -> dict | None:

@@ -10,7 +10,10 @@ every word supported. `answers_question` asks two things instead:
   number") and which source looks like it holds it;
 - a refusal ("The sources do not contain the answer.") fails when one of the top sources has a
   passage that holds the question's key terms together with a term the question lacks (a candidate
-  answer span); the feedback quotes that passage and names its source number.
+  answer span); the feedback quotes that passage and names its source number;
+- when several of the question's key terms appear in no source at all ("PostgreSQL",
+  "shared_buffers" over SQLite's documentation), the sources are off the question's subject: any
+  answer fails (it cannot come from them) and the refusal passes.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from services.validator.checks.base import Params, Subject, check, quote
 from services.validator.datatypes import CheckOutcome, Evidence
 from services.validator.textutil import CITATION_MARKER, normalize, split_sentences, strip_citations
 
+REFUSAL_TEXT = "The sources do not contain the answer."
 # Phrases with which a small model says that the sources lack the answer.
 REFUSAL = re.compile(
     r"(do(?:es)? not (?:contain|include|mention|say|provide|specify|state)|not (?:in|found in|given in|stated in) "
@@ -37,7 +41,7 @@ _STOP = frozenset(
     will would shall should may might must do does did done has have had having i you he she we they me him her us
     them my your his our their about into over under again further once also just only such both each few more most
     other some any all own same up down out off above below between through during before after until while because
-    per via yes answer answers source sources according stated states say says given provided context passage""".split()
+    per via yes neither either answer answers source sources according stated states say says given provided context passage""".split()
 )
 # Words that frame a question or an answer without being the fact asked for.
 _GENERIC = frozenset(
@@ -46,7 +50,7 @@ _GENERIC = frozenset(
     used using return returns returned set sets number numbers type types kind way ways thing things following
     specific specified particular version versions release released feature features support supported supports
     allow allows allowed make makes made provide provides mean means called known refer refers maximum minimum max
-    min limit limits largest smallest total level levels""".split()
+    min limit limits largest smallest total level levels many much one""".split()
 )
 _TERM = re.compile(r"[a-z0-9]+(?:[._:@/{}\-][a-z0-9{}]+)*")
 
@@ -137,6 +141,15 @@ def candidate_span(question: str, source: str, min_coverage: float, window: int 
     return best if best[0] >= min_coverage else (best[0], "", set())
 
 
+def absent_terms(question: str, sources) -> tuple[set[str], set[str]]:
+    """The question's key terms, and those of them that no source mentions in any form."""
+    key = terms(question) - _GENERIC
+    present: set[str] = set()
+    for src in sources:
+        present |= terms(src.text)
+    return key, key - present
+
+
 class AnswersQuestionParams(Params):
     min_new_terms: int = Field(
         1, ge=1, le=20, description="Terms from a cited source that an answer must add to the question's own"
@@ -147,17 +160,38 @@ class AnswersQuestionParams(Params):
         0.75, ge=0.0, le=1.0,
         description="Share of the question's key terms a source passage must hold to count as a candidate answer",
     )
+    off_subject_terms: int = Field(
+        2, ge=0, le=20,
+        description="The sources are off the question's subject when at least this many of its key terms (and "
+        "off_subject_share of them) appear in none of them: an answer then fails and a refusal passes (0: off)",
+    )
+    off_subject_share: float = Field(0.3, ge=0.0, le=1.0,
+                                     description="Share of the question's key terms that no source mentions, with "
+                                     "off_subject_terms, for the sources to be off the question's subject")
 
 
 @check("answers_question", kinds=("text",), params=AnswersQuestionParams,
        description="The answer adds a fact from a cited source that the question does not already state (a "
        "restatement fails); a refusal fails when a top source holds the question's key terms and a candidate "
-       "answer span", needs_sources=True)
+       "answer span; when the sources never mention several of the question's key terms, an answer fails and "
+       "the refusal passes", needs_sources=True)
 def answers_question(p: AnswersQuestionParams, s: Subject) -> CheckOutcome:
     question = s.context.request
     sources = s.context.sources
     if not question.strip():
         return CheckOutcome(True, 1.0, "no question in context.request; nothing to compare the answer with")
+    key, absent = absent_terms(question, sources)
+    off_subject = bool(p.off_subject_terms) and len(absent) >= max(p.off_subject_terms, p.off_subject_share * len(key))
+    missing = ", ".join(sorted(absent)[:6])
+    if is_refusal(s.text) and off_subject:
+        return CheckOutcome(True, 1.0, f"refusal; no source mentions {len(absent)} of the question's {len(key)} key "
+                            f"terms ({missing})")
+    if off_subject:
+        evidence = [Evidence("off_subject", missing, "sources", 0, 0, len(absent) / len(key))]
+        feedback = (f"No source mentions {missing}, which the question asks about, so the sources do not hold its "
+                    f"answer. Reply exactly: {REFUSAL_TEXT}")
+        return CheckOutcome(False, 0.0, f"the sources never mention {len(absent)} of the question's {len(key)} key "
+                            f"terms ({missing}): the answer cannot come from them", evidence, feedback)
     spans = [candidate_span(question, src.text, p.min_coverage) for src in sources[: p.top_sources]]
     best_i = max(range(len(spans)), key=lambda i: spans[i][0]) if spans else -1
     has_candidate = best_i >= 0 and bool(spans[best_i][1])
