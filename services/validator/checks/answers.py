@@ -41,7 +41,8 @@ _STOP = frozenset(
     will would shall should may might must do does did done has have had having i you he she we they me him her us
     them my your his our their about into over under again further once also just only such both each few more most
     other some any all own same up down out off above below between through during before after until while because
-    per via yes neither either answer answers source sources according stated states say says given provided context passage""".split()
+    per via yes neither either answer answers source sources according stated states say says given provided context
+    passage""".split()
 )
 # Words that frame a question or an answer without being the fact asked for.
 _GENERIC = frozenset(
