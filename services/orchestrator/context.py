@@ -199,6 +199,8 @@ def tidy_answer(answer: str, max_sentences: int = 2) -> str:
             return text
     if max_sentences > 0:
         parts = [p for p in re.split(r"(?<=[.!?])\s+(?=[A-Z\[])|\n+", text) if p.strip()]
+        # the question echoed back ("At what size ... by default [2]?") before the answer
+        parts = [p for p in parts if not p.rstrip().endswith("?")] or parts
         # a line that starts with "[n] " after the answer is the model echoing a numbered source
         parts = parts[:1] + [p for p in parts[1:] if not re.match(r"\s*\[\d+\]\s+\S", p)]
         keep = parts[:max_sentences]
@@ -234,7 +236,7 @@ def _content_words(text: str) -> set[str]:
 
 
 def attach_citations(answer: str, chunks: list[Chunk], min_support: float = 0.6,
-                     min_words: int = 3) -> tuple[str, list[dict]]:
+                     min_words: int = 3, question: str = "") -> tuple[str, list[dict]]:
     """(answer with [n] added to uncited sentences a single source supports, what was added)."""
     sources = [(_content_words(c.text), set(_NUMBER.findall(c.text))) for c in chunks]
     parts = _SENTENCE_BREAK.split(answer)
@@ -255,7 +257,30 @@ def attach_citations(answer: str, chunks: list[Chunk], min_support: float = 0.6,
         parts[i] = _with_citation(sentence, best)
         added.append({"sentence": sentence.strip()[:200], "source": best, "support": round(support, 2)})
     if not added and not _CITED.search(answer):
-        return _cite_short(parts, sources)
+        return _cite_short(parts, sources, _content_words(question))
+    return "".join(parts), added
+
+
+def _cite_short(parts: list[str], sources: list[tuple[set[str], set[str]]],
+                asked: set[str]) -> tuple[str, list[dict]]:
+    """An answer with no citation at all ("The default is VIRTUAL.", "It uses a comma when none is
+    given."): each sentence gets the source that holds all its numbers and most of the words it adds
+    to the question (the first such source on a tie); a sentence that adds nothing is left alone."""
+    added = []
+    for i in range(0, len(parts), 2):
+        sentence = parts[i]
+        words, numbers = _content_words(sentence), set(_NUMBER.findall(sentence))
+        new = (words - asked) or words
+        if not new:
+            continue
+        best, support = 0, 0.0
+        for n, (sw, sn) in enumerate(sources, 1):
+            share = len(new & sw) / len(new)
+            if numbers <= sn and share > support:
+                best, support = n, share
+        if support >= 0.5:
+            parts[i] = _with_citation(sentence, best)
+            added.append({"sentence": sentence.strip()[:200], "source": best, "support": round(support, 2)})
     return "".join(parts), added
 
 
@@ -269,20 +294,3 @@ def _with_citation(sentence: str, n: int) -> str:
     body = sentence.rstrip()
     end = len(body.rstrip(".!?"))
     return f"{body[:end]} [{n}]{body[end:]}{sentence[len(body):]}"
-
-
-def _cite_short(parts: list[str], sources: list[tuple[set[str], set[str]]]) -> tuple[str, list[dict]]:
-    """An answer with no citation at all ("The default is VIRTUAL."): each sentence gets the first
-    source that holds every one of its words and numbers, however few they are."""
-    added = []
-    for i in range(0, len(parts), 2):
-        sentence = parts[i]
-        words, numbers = _content_words(sentence), set(_NUMBER.findall(sentence))
-        if not words:
-            continue
-        best = next((n for n, (sw, sn) in enumerate(sources, 1) if words <= sw and numbers <= sn), 0)
-        if not best:
-            continue
-        parts[i] = _with_citation(sentence, best)
-        added.append({"sentence": sentence.strip()[:200], "source": best, "support": 1.0})
-    return "".join(parts), added

@@ -145,3 +145,13 @@ def test_one_key_term_absent_from_the_sources_is_not_off_subject():
     assert run("SQLITE_ENABLE_MATH_FUNCTIONS [1].", question, [source]).passed
     refusal = run("The sources do not contain the answer.", question, [source])
     assert not refusal.passed and "[1]" in refusal.feedback
+
+
+def test_a_question_after_a_quantity_points_at_the_passage_with_the_number():
+    source = ("Maximum Depth Of An Expression Tree. SQLite parses expressions into a tree for processing. "
+              "During code generation, SQLite walks this tree recursively. The depth of expression trees is "
+              "therefore limited in order to avoid using too much stack space. The SQLITE_MAX_EXPR_DEPTH "
+              "default is 1000.")
+    question = "What is the maximum depth of an expression tree by default?"
+    out = run("The sources do not contain the answer.", question, [source])
+    assert not out.passed and "1000" in out.feedback

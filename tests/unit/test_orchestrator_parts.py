@@ -239,3 +239,20 @@ def test_pipelines_are_data_and_checked(tmp_path):
     f.write_text('{"broken": {"kind": "answer", "steps": [{"name": "no_such_step"}]}}')
     with pytest.raises(FailedPrecondition, match="no_such_step"):
         load_pipelines(str(f))
+
+
+def test_a_short_answer_with_no_citation_gets_the_source_holding_what_it_adds():
+    sources = [chunk(1, "The VACUUM command rebuilds the database file.", 0.9),
+               chunk(2, "If Y is omitted, a comma (\",\") is used as the separator between instances of X.", 0.8)]
+    question = "Which separator does group_concat() use when none is given?"
+    cited, added = ctx.attach_citations("group_concat() uses a comma when none is given.", sources, question=question)
+    assert cited == "group_concat() uses a comma when none is given [2]." and added[0]["source"] == 2
+    # a sentence that adds nothing the sources hold, or a number no source has, stays uncited
+    assert ctx.attach_citations("It uses a semicolon.", sources, question=question)[1] == []
+    assert ctx.attach_citations("A comma, since 1999.", sources, question=question)[1] == []
+
+
+def test_an_echoed_question_before_the_answer_is_dropped():
+    assert ctx.tidy_answer("At what size does it checkpoint [2]? It checkpoints at 1000 pages [2].") == (
+        "It checkpoints at 1000 pages [2].")
+    assert ctx.tidy_answer("Is it on by default?") == "Is it on by default?"  # nothing else to keep

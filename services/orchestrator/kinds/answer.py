@@ -183,8 +183,8 @@ def cite_answer(run, params: dict) -> None:
     attempt = run.state.get(ATTEMPT, 1)
     answer = run.state[ANSWER]
     with run.step("cite_answer", "", {"answer": answer}, attempt=attempt) as rec:
-        cited, added = ctxmod.attach_citations(answer, run.state[SOURCES],
-                                               min_support=params.get("min_support", 0.6))
+        cited, added = ctxmod.attach_citations(answer, run.state[SOURCES], min_support=params.get("min_support", 0.6),
+                                               question=run.job.request.answer.question)
         rec.output = {"added": added, "answer": cited}
         if not added:
             rec.status = "unchanged"

@@ -121,6 +121,11 @@ def _cited(text: str, n: int) -> list[int]:
     return found
 
 
+WANTS_NUMBER = re.compile(r"\bhow (many|much|long|large|big|old|often)\b|\b(number|size|maximum|minimum|limit|"
+                          r"version|release|year|port|permissions)\b", re.IGNORECASE)
+NUMBER_BONUS = 0.1
+
+
 def candidate_span(question: str, source: str, min_coverage: float, window: int = 2) -> tuple[float, str, set[str]]:
     """The passage of `source` (up to `window` consecutive sentences) that best covers the question's
     key terms and adds a term of its own: (coverage, passage, new terms); coverage 0 when none adds one."""
@@ -128,7 +133,10 @@ def candidate_span(question: str, source: str, min_coverage: float, window: int 
     if not key:
         return 0.0, "", set()
     sentences = [sp.text for sp in split_sentences(source)] or [source]
-    best = (0.0, "", set())
+    # a question after a quantity is answered by a passage with a number: such a passage wins over
+    # one that covers a little more of the question without one (a heading and its first sentence)
+    bonus = NUMBER_BONUS if WANTS_NUMBER.search(question) else 0.0
+    best, rank = (0.0, "", set()), 0.0
     for i in range(len(sentences)):
         for j in range(i + 1, min(len(sentences), i + window) + 1):
             passage = " ".join(sentences[i:j])
@@ -137,8 +145,9 @@ def candidate_span(question: str, source: str, min_coverage: float, window: int 
             found = terms(passage)
             coverage = len(key & found) / len(key)
             new = found - terms(question) - _GENERIC
-            if new and coverage > best[0] + 1e-9:
-                best = (coverage, passage, new)
+            score = coverage + (bonus if any(t[0].isdigit() for t in new) else 0.0)
+            if new and score > rank + 1e-9:
+                best, rank = (coverage, passage, new), score
     return best if best[0] >= min_coverage else (best[0], "", set())
 
 
