@@ -87,6 +87,8 @@ VARIANTS: dict[str, dict] = {
     "fact-top6": {"retrieve": {"top_k": 6}, "build_context": {"style": "fact"}, "generate_answer": {"style": "fact"}},
     # the default pipeline over an index built without HTML definition terms (see parsing.HTML_TERMS)
     "default-flat": {"$index": "flat"},
+    # the retry over the validator's passage also shows the rejected answer and the feedback's first sentence
+    "focus-feedback": {"generate_answer": {"focus_feedback": True}},
     "fact-cascade": {"build_context": {"style": "fact"},
                      "generate_answer": {"style": "fact", "models": ["smollm2-135m", "qwen2.5-0.5b"]}},
 }

@@ -128,11 +128,19 @@ def answer_messages(question: str, chunks: list[Chunk], style: str = "sentences"
     return [("system", system_prompt(style)), ("user", user)]
 
 
-def focused_messages(question: str, passage: str, n: int, style: str = "sentences") -> list[tuple[str, str]]:
+def focused_messages(question: str, passage: str, n: int, style: str = "sentences",
+                     answer: str = "", feedback: str = "") -> list[tuple[str, str]]:
     """The question over the one passage the validator found holding its key terms and a candidate
     answer, under that source's own number: a small model that refused, or restated the question,
-    with every source in front of it answers from a single passage far more often."""
-    return answer_messages(question, [Chunk("", "", "", passage, 0.0)], style, number_from=n)
+    with every source in front of it answers from a single passage far more often. With `feedback`,
+    the rejected answer and the reviewer's first sentence come before the question."""
+    messages = answer_messages(question, [Chunk("", "", "", passage, 0.0)], style, number_from=n)
+    if feedback:
+        reason = re.split(r"(?<=[.!?])\s+", feedback.strip(), maxsplit=1)[0][:300]
+        role, user = messages[-1]
+        head, _, ask = user.rpartition("\n")
+        messages[-1] = (role, f"{head}\nAn earlier answer was rejected: \"{answer.strip()[:200]}\" ({reason})\n{ask}")
+    return messages
 
 
 def retry_messages(question: str, chunks: list[Chunk], answer: str, feedback: str, style: str = "sentences",

@@ -1,7 +1,7 @@
 """An answer job, end to end in one process with the real parts (embedded retriever with MiniLM,
 the Qwen2.5-0.5B generator, the validator's rag-answer policy): its first attempt is a scripted
-restatement of the question, the validator rejects it as one, and the retry, written by the real
-model from the validator's feedback and the passage it points at, gives the fact."""
+restatement of the question, the validator rejects it as one and points at the passage that holds
+the fact, and the retry, written by the real model from that passage, gives the fact."""
 
 from __future__ import annotations
 
@@ -73,10 +73,11 @@ def test_a_restating_first_attempt_is_rejected_and_the_real_retry_gives_the_fact
     check = next(r for r in first["results"] if r["name"] == "answers_question")
     assert check.get("passed") is not True and "restates the question" in check["feedback"]
     assert "2000" in check["feedback"]  # it points at the passage that holds the fact
-    # attempt 2 is the real model, prompted with that feedback, and it gives the fact
+    # attempt 2 is the real model, asked the question over the passage the validator pointed at,
+    # alone and under its own source number, and it gives the fact
     assert generated[1].service == "generator"
     prompt = json.loads(generated[1].input_json)["messages"][-1]["content"]
-    assert "restates the question" in prompt and RESTATEMENT in prompt
+    assert "SQLITE_MAX_COLUMN is 2000" in prompt and "VACUUM" not in prompt and QUESTION in prompt
     assert record.state == pb.JOB_STATE_SUCCEEDED, record.error
     assert "2000" in record.answer.answer and record.answer.model.startswith("qwen")
     assert record.answer.answered and record.answer.attempts >= 2

@@ -132,9 +132,10 @@ def test_a_rejected_refusal_gets_a_retry_over_the_passage_alone_then_that_passag
     quoted = "The default setting for SQLITE_MAX_COLUMN is 2000 [1]."
     table = {refusal: (False, 0.0, "Source [1] appears to contain the answer", HINT), quoted: (True, 1.0, "", "")}
     record, gen, val = run_job([refusal, refusal], table, max_retries=1)
-    # the retry's prompt holds only the passage the validator pointed at, under its own number
+    # the retry's prompt holds only the passage the validator pointed at, under its own number (not the
+    # rejected answer: shown it, Qwen copied its shape; see focus_feedback)
     prompt = gen.requests[1].messages[-1].content
-    assert f"[1] {HINT}" in prompt and "VACUUM" not in prompt
+    assert f"[1] {HINT}" in prompt and "VACUUM" not in prompt and refusal not in prompt
     assert record.state == pb.JOB_STATE_SUCCEEDED, record.error
     assert record.answer.answer == quoted and record.answer.answered and record.answer.verdict.passed
     assert [s.name for s in record.steps][-1] == "quote_source"

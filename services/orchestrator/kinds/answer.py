@@ -121,8 +121,12 @@ def _evidence(verdict) -> list[tuple[int, str]]:
 def generate_answer(run, params: dict) -> None:
     """Params: style (prompt style, see context.PROMPTS), max_new_tokens, max_sentences (answer kept to
     its first sentences; 0 keeps all), pick_sentence (constrain the output to one source sentence and
-    its number, or the refusal), models (the cascade when the request names none) and, for tests
-    and demonstrations only, scripted_answers: texts used instead of the model for the first attempts."""
+    its number, or the refusal), models (the cascade when the request names none), focus_retry (on:
+    a retry after a verdict that points at a source passage asks the question over that passage
+    alone), focus_feedback (off: that retry also shows the rejected answer and the feedback's first
+    sentence; it measured no better on the tuning split, and Qwen copied the rejected answer's shape)
+    and, for tests and demonstrations only, scripted_answers: texts used instead of the model for the
+    first attempts."""
     a = run.job.request.answer
     attempt = run.state.get(ATTEMPT, 0) + 1
     run.state[ATTEMPT] = attempt
@@ -138,7 +142,9 @@ def generate_answer(run, params: dict) -> None:
     evidence = _evidence(run.state.get(VERDICT)) if attempt > 1 else []
     if evidence and params.get("focus_retry", True):
         n, passage = evidence[0]
-        messages = ctxmod.focused_messages(a.question, passage, n, style)
+        with_feedback = bool(params.get("focus_feedback", False))
+        messages = ctxmod.focused_messages(a.question, passage, n, style, run.state.get(ANSWER, "") if with_feedback
+                                           else "", run.state.get(FEEDBACK, "") if with_feedback else "")
     elif attempt > 1 and run.state.get(FEEDBACK):
         messages = ctxmod.retry_messages(a.question, run.state[SOURCES], run.state[ANSWER], run.state[FEEDBACK],
                                          style, [t for _, t in evidence], bool(params.get("sections")))
