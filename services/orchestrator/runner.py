@@ -80,8 +80,9 @@ class JobRun:
         self.cancel_checked = False
         #: whether the run gave its lease up with its final writes
         self.released = False
-        #: how many more times the retry rule may send the pipeline back (a step can act on its last chance)
-        self.retries_left = 0
+        #: how many times the retry rule may send the pipeline back, and how many more times it still may
+        #: (a step can act on its last chance)
+        self.retries_allowed = self.retries_left = 0
         self._rec: _StepRec | None = None
 
     # -- helpers for steps ----------------------------------------------------------------------
@@ -300,7 +301,8 @@ class JobRun:
             s = steps[i]
             spec = STEPS[s.name]
             self.state = self._state.view(spec)
-            self.retries_left = max_retries - retries if rule else 0
+            self.retries_allowed = max_retries if rule else 0
+            self.retries_left = self.retries_allowed - retries
             outcome = spec.fn(self, dict(s.params))
             if outcome == "failed" and rule and s.name == rule.on:
                 if retries >= max_retries:

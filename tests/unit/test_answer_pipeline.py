@@ -118,13 +118,22 @@ def test_when_every_answer_is_rejected_and_no_source_holds_one_the_result_is_the
 
 
 def test_when_the_refusal_fails_its_check_too_the_rejected_answer_is_kept_for_inspection():
-    first = "It is a column limit [1]."
-    table = {first: (False, 0.4, "restates", HINT), ctxmod.NOT_IN_SOURCES: (False, 0.0, "source [1] holds it", HINT)}
-    record, gen, val = run_job([first], table, max_retries=0)
+    first, second = "It is a column limit [1].", "It is a limit [1]."
+    table = {first: (False, 0.4, "restates", HINT), second: (False, 0.3, "restates", HINT),
+             ctxmod.NOT_IN_SOURCES: (False, 0.0, "source [1] holds it", HINT)}
+    record, gen, val = run_job([first, second], table, max_retries=1)
     assert record.state == pb.JOB_STATE_FAILED and record.answer.rejected
     assert record.answer.rejected_answer == first and record.answer.answered
     # the passage the verdict pointed at, quoted, and the refusal were both checked and both failed
-    assert [r.policy for r in val.requests] == ["rag-answer", "rag-answer", "rag-refusal"]
+    assert [r.policy for r in val.requests] == ["rag-answer", "rag-answer", "rag-answer", "rag-refusal"]
+
+
+def test_with_no_retries_asked_for_the_one_rejected_answer_is_the_result():
+    first = "It is a column limit [1]."
+    table = {first: (False, 0.4, "restates", HINT), ctxmod.NOT_IN_SOURCES: (True, 1.0, "", "")}
+    record, gen, val = run_job([first], table, max_retries=0)
+    assert record.state == pb.JOB_STATE_FAILED and record.answer.rejected_answer == first
+    assert [r.policy for r in val.requests] == ["rag-answer"]
 
 
 def test_a_rejected_refusal_gets_a_retry_over_the_passage_alone_then_that_passage_quoted():

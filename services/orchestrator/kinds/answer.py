@@ -231,7 +231,8 @@ def validate_answer(run, params: dict) -> str | None:
                                                      "refusal": not answered})
     if verdict.passed:
         return None
-    if run.retries_left == 0 and not a.policy and params.get("fall_back", True):
+    # (max_retries 0 asks for the model's one answer, passed or rejected: no fallback either)
+    if run.retries_allowed and run.retries_left == 0 and not a.policy and params.get("fall_back", True):
         return _fall_back(run, params, verdict, attempt, attempts)
     return "failed"
 
