@@ -93,6 +93,8 @@ class OrchestratorCore:
         self.pipelines = load_pipelines(self.settings.pipelines_file)
         self.store = store or self._make_store()
         self._pool = ThreadPoolExecutor(self.settings.max_concurrent_jobs, thread_name_prefix="job")
+        # calls a step starts for a later step of its job and does not wait for (see JobRun.side)
+        self._side = ThreadPoolExecutor(2, thread_name_prefix="side")
         self._clients: dict[tuple[str, str], object] = {}
         self._lock = threading.Lock()
         #: who holds this process's leases
@@ -152,6 +154,7 @@ class OrchestratorCore:
                     break
             time.sleep(0.05)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._side.shutdown(wait=False, cancel_futures=True)
 
     # -- leases, heartbeat, recovery -------------------------------------------------------------
 
@@ -336,6 +339,9 @@ class OrchestratorCore:
         return job
 
     # -- clients ---------------------------------------------------------------------------------
+
+    def in_background(self, fn, *args) -> Future:
+        return self._side.submit(fn, *args)
 
     def transport_for(self, step: str) -> str:
         return self.settings.step_transports.get(step, self.base.transport)

@@ -20,6 +20,7 @@ import logging
 import random
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import grpc
@@ -80,6 +81,8 @@ class JobRun:
         self.cancel_checked = False
         #: whether the run gave its lease up with its final writes
         self.released = False
+        #: calls a step started in the background for a later step, by name (that step waits for its own)
+        self.side: dict[str, Future] = {}
         #: how many times the retry rule may send the pipeline back, and how many more times it still may
         #: (a step can act on its last chance)
         self.retries_allowed = self.retries_left = 0

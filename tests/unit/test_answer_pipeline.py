@@ -45,10 +45,14 @@ class Validator:
     def __init__(self, table):
         self.table = table
         self.requests = []
+        self.warmed = []
 
     def validate(self, request, timeout=None):
         if not request.policy and [c.name for c in request.checks] == ["prompt_injection"]:
             return vpb.ValidateResponse(passed=True, score=1.0)  # the screen_sources step: nothing flagged
+        if not request.policy and [c.name for c in request.checks] == ["groundedness"]:
+            self.warmed.append(request)  # the warm-up while the generator writes
+            return vpb.ValidateResponse(passed=True, score=1.0)
         self.requests.append(request)
         passed, score, feedback, evidence = self.table.get(request.artifact.text, (False, 0.1, "not grounded", ""))
         result = vpb.CheckResult(name="answers_question", passed=passed, score=score, feedback=feedback,
@@ -81,6 +85,8 @@ def test_retry_gets_feedback_and_evidence_and_the_passing_attempt_is_the_answer(
     assert record.answer.answer == RIGHT and record.answer.attempts == 2 and record.answer.answered
     retry_prompt = gen.requests[1].messages[-1].content
     assert "only restates the question" in retry_prompt and RESTATED in retry_prompt and SOURCE in retry_prompt
+    # the validator was asked to embed the sources once, while the first answer was being written
+    assert len(val.warmed) == 1 and val.warmed[0].context.sources[0].text == SOURCE
     generated = [s for s in record.steps if s.name == "generate_answer"]
     validated = [s for s in record.steps if s.name == "validate_answer"]
     assert [s.attempt for s in generated] == [1, 2] and [s.attempt for s in validated] == [1, 2]
