@@ -1,7 +1,8 @@
 """The `answer` kind: retrieve, build a numbered context, generate a cited answer, attach the
-citations a small model left out, validate (refusals too); re-ask with the validator's feedback and
-the passages it pointed at. Every attempt is kept; the result is the best one (a passing attempt,
-else the highest-scoring), never a concatenation of attempts."""
+citations a small model left out, validate (refusals too); re-ask over the passage the validator
+pointed at (or with its feedback when it pointed at none); after the last retry, that passage quoted
+or the refusal, if it passes its check. Every attempt is kept; the result is the best one (a passing
+attempt, else the highest-scoring), never a concatenation of attempts."""
 
 from __future__ import annotations
 
@@ -206,8 +207,8 @@ def cite_answer(run, params: dict) -> None:
 def validate_answer(run, params: dict) -> str | None:
     """Validate the answer with `policy`, a refusal with `refusal_policy` (empty: refusals pass
     unchecked); every attempt is appended to the attempts slot with its verdict. When the last attempt
-    is rejected and `refuse_last` (default on), the refusal is checked with `refusal_policy` and, if it
-    passes, becomes the result (the rejected attempts stay in the record)."""
+    is rejected and `fall_back` is on (the default), the passage the verdict pointed at, quoted, or
+    else the refusal can become the result (see _fall_back; the rejected attempts stay in the record)."""
     a = run.job.request.answer
     attempt = run.state.get(ATTEMPT, 1)
     answered = run.state.get(ANSWERED, True)
@@ -343,9 +344,9 @@ register(JobKind(
             kind="answer",
             description="RAG: retrieve, build a numbered context, generate the fact first in a short cited answer, "
             "attach citations the model left out where one source clearly supports a sentence, validate (a "
-            "restatement fails; a refusal fails when a top source holds the answer); re-ask with the validator's "
-            "feedback and the passage it points at (escalating along the model cascade) until it passes or retries "
-            "run out; the result is the best attempt",
+            "restatement fails; a refusal fails when a top source holds the answer); re-ask over the passage the "
+            "validator points at, or with its feedback (escalating along the model cascade), until it passes or "
+            "retries run out; then that passage quoted, or the refusal, if it passes; the result is the best attempt",
             steps=[
                 StepDef(name="retrieve"),
                 StepDef(name="screen_sources", params={"on_injection": "drop"}),
